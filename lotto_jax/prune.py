@@ -1,0 +1,352 @@
+"""From scores to masks: exact counts, stable ties, never reviving a pruned weight.
+
+Two entry points:
+
+* :func:`by_fraction` removes a fraction of the weights that are *still kept*
+  (IMP semantics: ``0.2`` removes 20 % of the survivors each round).
+* :func:`to_density` prunes in one shot to a target fraction of *all* prunable
+  weights, with a global threshold or per-layer densities (uniform or ERK).
+
+Counting rule (both functions): a count ``x`` is rounded half up,
+``round(x) = floor(x + 0.5)``. Ties between equal scores are broken by position: the
+weight that comes first in the flattened order (tree-flatten order of the leaves,
+row-major inside a leaf) is removed first. Pruned weights sort below every kept weight
+whatever their score, so they never win a place back.
+
+Both functions are pure ``jnp`` code: they run eagerly, under ``jit`` and under
+``vmap`` (e.g. over replicates). Finite-score checks happen only on concrete inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lotto_jax._types import KeyPath, Mask, Prunable, Scores
+from lotto_jax.masks import default_prunable, path_str, validate
+
+__all__ = ["by_fraction", "erk_densities", "layer_densities", "to_density"]
+
+
+def _round_half_up(x):
+    return jnp.floor(x + 0.5).astype(jnp.int32)
+
+
+def _keep_top(scores: jax.Array, kept: jax.Array, n_keep) -> jax.Array:
+    """Keeps the ``n_keep`` best kept entries of flat ``scores``."""
+    n = scores.shape[0]
+    # lexsort: last key is primary. Pruned (kept=0) first, then by score, then by
+    # position (the sort is stable), so the lowest ranks are removed first.
+    order = jnp.lexsort((scores, kept.astype(jnp.int32)))
+    ranks = jnp.zeros(n, jnp.int32).at[order].set(jnp.arange(n, dtype=jnp.int32))
+    return kept & (ranks >= n - n_keep)
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_inputs(scores: Scores, mask: Mask, prunable: Prunable):
+    """Validates trees and returns ``[(path, score, mask)]`` of prunable leaves."""
+    validate(scores, mask, name="mask")
+    s_leaves = jax.tree_util.tree_flatten_with_path(scores)[0]
+    m_leaves = jax.tree.leaves(mask)
+    items = [
+        (p, s, m)
+        for (p, s), m in zip(s_leaves, m_leaves, strict=True)
+        if prunable(p, m)
+    ]
+    if not items:
+        raise ValueError(
+            "mask: the prunable predicate selects no leaf "
+            f"(leaves: {[path_str(p) for p, _ in s_leaves]})"
+        )
+    for path, s, m in items:
+        if not jnp.issubdtype(jnp.result_type(s), jnp.number):
+            raise ValueError(
+                f"scores{jax.tree_util.keystr(path)}: expected a numeric array, "
+                f"got dtype {jnp.result_type(s)}"
+            )
+        if _is_concrete(s) and _is_concrete(m):
+            bad = jnp.logical_and(m, ~jnp.isfinite(s))
+            if bool(jnp.any(bad)):
+                raise ValueError(
+                    f"scores{jax.tree_util.keystr(path)}: {int(jnp.sum(bad))} kept "
+                    "weights have NaN or infinite scores; scores must be finite "
+                    "where the mask keeps a weight"
+                )
+    return items
+
+
+def _check_fraction(name: str, value, *, low_open: bool, high_open: bool, low, high):
+    if not _is_concrete(value):
+        return
+    v = float(value)
+    ok_low = v > low if low_open else v >= low
+    ok_high = v < high if high_open else v <= high
+    if not (ok_low and ok_high and math.isfinite(v)):
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name}: expected a value in {lo}{low}, {high}{hi}, got {v}")
+
+
+def _rebuild(mask: Mask, new: dict[int, jax.Array]) -> Mask:
+    """Puts new flat masks (by leaf index) back into the mask tree."""
+    leaves, treedef = jax.tree.flatten(mask)
+    out = [new[i].reshape(jnp.shape(m)) if i in new else m for i, m in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def _leaf_index(mask: Mask) -> dict[KeyPath, int]:
+    return {p: i for i, (p, _) in enumerate(jax.tree_util.tree_flatten_with_path(mask)[0])}
+
+
+def _prune_groups(items, groups, index) -> dict[int, jax.Array]:
+    """Applies ``n_keep(kept_count)`` per group of leaves; returns new flat masks."""
+    new = {}
+    for members, n_keep_fn in groups:
+        dtype = jnp.result_type(*[items[j][1] for j in members])
+        scores = jnp.concatenate([jnp.ravel(items[j][1]).astype(dtype) for j in members])
+        kept = jnp.concatenate([jnp.ravel(items[j][2]) for j in members])
+        flat = _keep_top(scores, kept, n_keep_fn(jnp.sum(kept, dtype=jnp.int32)))
+        offset = 0
+        for j in members:
+            size = int(np.size(items[j][2]))
+            new[index[items[j][0]]] = flat[offset : offset + size]
+            offset += size
+    return new
+
+
+def _match_patterns(items, patterns: Mapping[str, float]) -> dict[int, float]:
+    """Item index -> its fraction, for items whose path matches a pattern."""
+    assigned: dict[int, float] = {}
+    for pattern, frac in patterns.items():
+        _check_fraction(
+            f"layer_fractions[{pattern!r}]", frac,
+            low_open=False, high_open=True, low=0, high=1,
+        )
+        regex = re.compile(pattern)
+        hits = [j for j, (p, _, _) in enumerate(items) if regex.search(path_str(p))]
+        if not hits:
+            raise ValueError(
+                f"layer_fractions: pattern {pattern!r} matches no prunable leaf; "
+                f"prunable leaves are {[path_str(p) for p, _, _ in items]}"
+            )
+        for j in hits:
+            assigned.setdefault(j, float(frac))  # the first matching pattern wins
+    return assigned
+
+
+def by_fraction(
+    scores: Scores,
+    mask: Mask,
+    fraction: float,
+    *,
+    scope: str = "global",
+    layer_fractions: Mapping[str, float] | None = None,
+    prunable: Prunable = default_prunable,
+) -> Mask:
+    """Removes ``fraction`` of the still-kept prunable weights with the lowest scores.
+
+    One IMP round: with ``n`` kept weights in a group, ``round(fraction * n)`` of
+    them are removed (rounded half up), the lowest-scoring first, ties by position.
+    A group is all prunable leaves together (``scope="global"``) or each leaf on its
+    own (``scope="layerwise"``). The new mask is always a subset of ``mask``.
+
+    Args:
+      scores: a pytree like ``mask`` with finite scores where the mask keeps a
+        weight (higher = more important).
+      mask: the current mask.
+      fraction: fraction of the survivors to remove, in [0, 1).
+      scope: ``"global"`` (one threshold over all prunable leaves) or
+        ``"layerwise"`` (one per leaf).
+      layer_fractions: optional ``{pattern: fraction}``; leaves whose path (as
+        rendered by :func:`lotto_jax.masks.path_str`, e.g. ``"output/kernel"``)
+        matches the regular expression ``pattern`` (``re.search``) are pruned on
+        their own at that fraction, like Frankle & Carbin 2019's output layer at
+        half the rate. The first matching pattern wins. Every pattern must match
+        at least one prunable leaf.
+      prunable: which leaves may be pruned; the others are returned unchanged.
+
+    Returns:
+      The new mask.
+
+    Raises:
+      ValueError: tree/shape/dtype mismatch (naming the key path), ``fraction`` or a
+        layer fraction outside [0, 1), an unknown ``scope``, a pattern that matches
+        nothing, non-finite scores on kept weights, or no prunable leaf.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> scores = {"w": jnp.array([[0.5, 0.1, 0.9, 0.3]])}
+      >>> mask = {"w": jnp.array([[True, True, True, False]])}
+      >>> by_fraction(scores, mask, 0.5)["w"]   # 3 kept -> round(1.5) = 2 removed
+      Array([[False, False,  True, False]], dtype=bool)
+
+    References:
+      Frankle & Carbin 2019, "The Lottery Ticket Hypothesis", arXiv:1803.03635.
+    """
+    _check_fraction("fraction", fraction, low_open=False, high_open=True, low=0, high=1)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope: expected 'global' or 'layerwise', got {scope!r}")
+    items = _check_inputs(scores, mask, prunable)
+    index = _leaf_index(mask)
+    per_layer = _match_patterns(items, layer_fractions or {})
+
+    def remove(frac):
+        return lambda n_kept: n_kept - _round_half_up(frac * n_kept)
+
+    rest = [j for j in range(len(items)) if j not in per_layer]
+    groups = [([j], remove(f)) for j, f in per_layer.items()]
+    if rest:
+        if scope == "global":
+            groups.append((rest, remove(fraction)))
+        else:
+            groups += [([j], remove(fraction)) for j in rest]
+    return _rebuild(mask, _prune_groups(items, groups, index))
+
+
+def erk_densities(
+    shapes: Mapping[str, tuple[int, ...]], density: float, *, power_scale: float = 1.0
+) -> dict[str, float]:
+    """Per-layer densities of the Erdős–Rényi-Kernel distribution (Evci et al. 2020).
+
+    A layer of shape ``(d_1, ..., d_k)`` gets density ``ε · (Σ d_i / Π d_i)^power``
+    with ``ε`` solved so the total kept count is ``density`` of all weights. A layer
+    that would exceed density 1 is made dense and ``ε`` is solved again over the
+    others, until no layer exceeds 1.
+
+    Args:
+      shapes: layer name -> shape.
+      density: overall target density in (0, 1].
+      power_scale: exponent on the raw ERK ratio (1.0 = ERK).
+
+    Returns:
+      Layer name -> density in (0, 1].
+
+    Examples:
+      >>> d = erk_densities({"a": (100, 100), "b": (100, 10)}, 0.5)
+      >>> round(d["a"] * 10000 + d["b"] * 1000), d["b"]
+      (5500, 1.0)
+
+    References:
+      Evci et al. 2020, "Rigging the Lottery", arXiv:1911.11134.
+    """
+    _check_fraction("density", density, low_open=True, high_open=False, low=0, high=1)
+    sizes = {k: float(np.prod(s)) for k, s in shapes.items()}
+    raw = {k: (sum(s) / np.prod(s)) ** power_scale for k, s in shapes.items()}
+    total = sum(sizes.values())
+    dense: set[str] = set()
+    while True:
+        budget = density * total - sum(sizes[k] for k in dense)
+        denom = sum(raw[k] * sizes[k] for k in sizes if k not in dense)
+        eps = budget / denom if denom > 0 else 0.0
+        over = [k for k in sizes if k not in dense and eps * raw[k] > 1.0]
+        if not over:
+            break
+        dense.add(max(over, key=lambda k: raw[k]))
+    return {k: 1.0 if k in dense else eps * raw[k] for k in sizes}
+
+
+def layer_densities(
+    mask: Mask,
+    density: float,
+    *,
+    distribution: str = "uniform",
+    prunable: Prunable = default_prunable,
+) -> dict[str, float]:
+    """Per-layer target densities for :func:`to_density` with ``scope="layerwise"``.
+
+    Args:
+      mask: gives the prunable leaves and their shapes.
+      density: the overall target density in (0, 1].
+      distribution: ``"uniform"`` (every layer at ``density``) or ``"erk"``.
+      prunable: which leaves are layers.
+
+    Returns:
+      ``{path_str: density}`` for every prunable leaf.
+    """
+    shapes = {
+        path_str(p): tuple(np.shape(m))
+        for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+        if prunable(p, m)
+    }
+    if distribution == "uniform":
+        _check_fraction("density", density, low_open=True, high_open=False, low=0, high=1)
+        return dict.fromkeys(shapes, float(density))
+    if distribution == "erk":
+        return erk_densities(shapes, density)
+    raise ValueError(f"distribution: expected 'uniform' or 'erk', got {distribution!r}")
+
+
+def to_density(
+    scores: Scores,
+    mask: Mask,
+    density: float,
+    *,
+    scope: str = "global",
+    distribution: str = "uniform",
+    prunable: Prunable = default_prunable,
+) -> Mask:
+    """Prunes in one shot so that ``density`` of all prunable weights remain.
+
+    The target counts refer to all prunable weights (pruned ones included):
+    ``round(density * total)`` over all prunable leaves (``scope="global"``) or
+    ``round(d_l * size_l)`` per leaf (``scope="layerwise"``, ``d_l`` from
+    ``distribution``). Already-pruned weights stay pruned, so a group that already
+    keeps fewer weights than its target is left as it is.
+
+    Args:
+      scores: a pytree like ``mask``, finite where the mask keeps a weight.
+      mask: the current mask (``masks.init(params)`` for pruning at initialisation).
+      density: target fraction of prunable weights kept, in (0, 1].
+      scope: ``"global"`` or ``"layerwise"``.
+      distribution: per-layer densities for ``scope="layerwise"``: ``"uniform"`` or
+        ``"erk"`` (Evci et al. 2020). ``"erk"`` with ``scope="global"`` is an error.
+      prunable: which leaves may be pruned.
+
+    Returns:
+      The new mask.
+
+    Raises:
+      ValueError: as :func:`by_fraction`, and for ``density`` outside (0, 1].
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> scores = {"a": jnp.array([[4.0, 3.0]]), "b": jnp.array([[2.0, 1.0]])}
+      >>> mask = {"a": jnp.ones((1, 2), bool), "b": jnp.ones((1, 2), bool)}
+      >>> g = to_density(scores, mask, 0.5)
+      >>> l = to_density(scores, mask, 0.5, scope="layerwise")
+      >>> g["b"].tolist(), l["b"].tolist()
+      ([[False, False]], [[True, False]])
+    """
+    _check_fraction("density", density, low_open=True, high_open=False, low=0, high=1)
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope: expected 'global' or 'layerwise', got {scope!r}")
+    if scope == "global" and distribution != "uniform":
+        raise ValueError(
+            f"distribution={distribution!r} sets per-layer densities; "
+            "use it with scope='layerwise'"
+        )
+    items = _check_inputs(scores, mask, prunable)
+    index = _leaf_index(mask)
+
+    def keep(target: int):
+        return lambda n_kept: jnp.minimum(n_kept, target)
+
+    if scope == "global":
+        total = sum(int(np.size(m)) for _, _, m in items)
+        target = int(math.floor(float(density) * total + 0.5))
+        groups = [(list(range(len(items))), keep(target))]
+    else:
+        dens = layer_densities(mask, density, distribution=distribution, prunable=prunable)
+        groups = [
+            ([j], keep(int(math.floor(dens[path_str(p)] * np.size(m) + 0.5))))
+            for j, (p, _, m) in enumerate(items)
+        ]
+    return _rebuild(mask, _prune_groups(items, groups, index))
