@@ -160,6 +160,7 @@ def load(
     elif spec.startswith("npz:"):
         x_train, y_train, x_test, y_test = _npz_arrays(spec)
         x_train, x_test, norm = _normalize(x_train, x_test, None)
+        num_classes = None
     else:
         hint = f" (did you mean 'tfds:{spec}'?)" if spec in NORMALIZATION else ""
         raise ValueError(f"spec: unknown dataset {spec!r}{hint}; expected {_SPECS}")
@@ -251,9 +252,7 @@ def batch_indices(
             f"num_examples * batch_size too large for shuffle=False: {n} * {b}"
         )
     start = ((step % period).astype(jnp.uint32) * jnp.uint32(b)) % jnp.uint32(n)
-    return ((start + jnp.arange(b, dtype=jnp.uint32)) % jnp.uint32(n)).astype(
-        jnp.int32
-    )
+    return ((start + jnp.arange(b, dtype=jnp.uint32)) % jnp.uint32(n)).astype(jnp.int32)
 
 
 def check_input_shape(dataset: Dataset, expected_shape: tuple[int, ...]) -> None:
@@ -294,11 +293,12 @@ def _mnist1d_arrays() -> dict[str, np.ndarray]:
     """
     from mnist1d.data import get_dataset_args, make_dataset
 
-    np_state, py_state = np.random.get_state(), random.getstate()
+    np_state = np.random.get_state()  # noqa: NPY002 (the legacy global, on purpose)
+    py_state = random.getstate()
     try:
         raw = make_dataset(get_dataset_args())
     finally:
-        np.random.set_state(np_state)
+        np.random.set_state(np_state)  # noqa: NPY002
         random.setstate(py_state)
     out = {k: np.asarray(raw[k]) for k in ("x", "y", "x_test", "y_test")}
     for a in out.values():
@@ -313,16 +313,22 @@ def _npz_arrays(spec: str) -> tuple[np.ndarray, ...]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"spec {spec!r}: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in _NPZ_KEYS if k not in f.files]
-            if missing:
-                raise ValueError(
-                    f"spec {spec!r}: the .npz lacks array(s) {missing}; it must hold "
-                    f"{list(_NPZ_KEYS)}, found {sorted(f.files)}"
-                )
-            arrays = tuple(f[k] for k in _NPZ_KEYS)
-    except (OSError, EOFError) as e:  # not a zip / truncated
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, EOFError, ValueError) as e:  # not a zip, truncated, pickled
         raise ValueError(f"spec {spec!r}: cannot read {path!r} as .npz: {e}") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"spec {spec!r}: {path!r} holds a single array, expected a .npz archive "
+            f"with {list(_NPZ_KEYS)}"
+        )
+    with npz:
+        missing = [k for k in _NPZ_KEYS if k not in npz.files]
+        if missing:
+            raise ValueError(
+                f"spec {spec!r}: the .npz lacks array(s) {missing}; it must hold "
+                f"{list(_NPZ_KEYS)}, found {sorted(npz.files)}"
+            )
+        arrays = tuple(npz[k] for k in _NPZ_KEYS)
     x_train, _, x_test, _ = arrays
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(
@@ -419,7 +425,8 @@ def _normalize(
         xs = x_train.astype(np.float64) * scale
         mean = np.atleast_1d(xs.mean(axis=axes))
         std = np.atleast_1d(xs.std(axis=axes))
-        std = np.where(std > 0, std, 1.0)
+        # a constant channel (std 0 up to rounding) is only centred, not scaled
+        std = np.where(std > 1e-6 * np.abs(mean), std, 1.0)
 
     def apply(x):
         x = x.astype(np.float32) * np.float32(scale)
@@ -456,8 +463,7 @@ def _hold_out(train: Split, validation: int | float, seed: int):
         validation, int | float | np.integer | np.floating
     ):
         raise ValueError(
-            f"validation: expected an int count or a float fraction, got "
-            f"{validation!r}"
+            f"validation: expected an int count or a float fraction, got {validation!r}"
         )
     if isinstance(validation, float | np.floating):
         if not 0.0 <= validation < 1.0:
@@ -487,7 +493,9 @@ def _hold_out(train: Split, validation: int | float, seed: int):
 def _as_key(key_or_seed: int | jax.Array) -> jax.Array:
     if isinstance(key_or_seed, int | np.integer) and not isinstance(key_or_seed, bool):
         return jax.random.key(int(key_or_seed))
-    key = key_or_seed if isinstance(key_or_seed, jax.Array) else jnp.asarray(key_or_seed)
+    key = (
+        key_or_seed if isinstance(key_or_seed, jax.Array) else jnp.asarray(key_or_seed)
+    )
     if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key
     if key.shape == () and jnp.issubdtype(key.dtype, jnp.integer):

@@ -1,0 +1,106 @@
+"""What every driver shares: the run configuration and its set-up.
+
+:class:`RunConfig` names the model, the dataset, the seeds and the training
+hyperparameters; :func:`prepare` turns it into arrays and compiled functions. The
+drivers (:mod:`lotto_jax.imp`, :mod:`lotto_jax.pai`, :mod:`lotto_jax.supermask` and
+``lotto train``) embed a :class:`RunConfig` in their own configs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+
+from lotto_jax import data as data_lib
+from lotto_jax import models
+from lotto_jax.train import TrainConfig, Trainer, classifier, make_trainer
+
+__all__ = ["Prepared", "RunConfig", "config_to_dict", "prepare", "write_config"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Model, data, seeds and training of one run.
+
+    Attributes:
+      model: a name from ``lotto_jax.models.NAMES``.
+      dataset: ``mnist1d``, ``tfds:NAME[:CONFIG]`` or ``npz:PATH``.
+      validation: examples held out of train for validation (an int, or a float
+        fraction); Frankle & Carbin 2019 hold out 5,000 MNIST images.
+      seed: the seed of the weights' initialisation.
+      data_seed: the seed of the validation split and of the data order.
+      data_dir: TFDS data directory.
+      train: the training hyperparameters.
+    """
+
+    model: str = "mnist1d_mlp"
+    dataset: str = "mnist1d"
+    validation: float = 0
+    seed: int = 0
+    data_seed: int = 0
+    data_dir: str | None = None
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+class Prepared(NamedTuple):
+    """The arrays and compiled functions of a :class:`RunConfig`."""
+
+    dataset: data_lib.Dataset
+    module: nn.Module
+    variables: dict[str, Any]
+    trainer: Trainer
+    data_key: jax.Array
+
+    @property
+    def params(self):
+        return self.variables["params"]
+
+    @property
+    def model_state(self) -> dict[str, Any]:
+        return {k: v for k, v in self.variables.items() if k != "params"}
+
+
+def init_variables(module: nn.Module, input_shape, seed: int) -> dict[str, Any]:
+    """Initial variables of ``module`` from ``seed`` (the reinit control draws another)."""
+    return models.init(module, jax.random.key(seed), input_shape)
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Loads the dataset, builds and initialises the model, compiles the trainer."""
+    validation = config.validation
+    if isinstance(validation, float) and validation.is_integer() and validation >= 1:
+        validation = int(validation)
+    dataset = data_lib.load(
+        config.dataset, seed=config.data_seed, validation=validation,
+        data_dir=config.data_dir,
+    )
+    module = models.build(config.model, num_classes=dataset.num_classes)
+    expected = models.input_shape(config.model)
+    # MLPs flatten any input and infer their fan-in; conv nets need images (H, W, C).
+    if len(expected) == 3 and len(dataset.input_shape) != 3:
+        data_lib.check_input_shape(dataset, expected)
+    variables = init_variables(module, dataset.input_shape, config.seed)
+    trainer = make_trainer(
+        classifier(module), config.train, num_train=dataset.train.x.shape[0]
+    )
+    data_key = jax.random.key(config.data_seed)
+    return Prepared(dataset, module, variables, trainer, data_key)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+
+
+def write_config(config: Any, directory: str) -> str:
+    """Writes the resolved config as ``config.json`` in ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "config.json")
+    with open(path, "w") as f:
+        json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
+    return path

@@ -1,0 +1,400 @@
+"""Tests for lotto_jax.models: shapes, parameter counts, initialisers, BN, nnx.
+
+Parameter counts are checked against hand formulas written here independently of
+the model code, and against the papers' figures where they state one. Big conv nets
+are only traced (``jax.eval_shape``); real forward passes use batch 2 and small nets.
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lotto_jax import models
+
+# ----------------------------------------------------------------------------------
+# hand formulas
+
+
+def dense(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+def conv(k: int, c_in: int, c_out: int, bias: bool = True) -> int:
+    return k * k * c_in * c_out + (c_out if bias else 0)
+
+
+def bn(c: int) -> int:
+    return 2 * c  # scale and offset; running stats live in batch_stats
+
+
+def vgg_count(plan, num_classes=10) -> int:
+    total, c_in = 0, 3
+    for c in plan:
+        if c != "M":
+            total += conv(3, c_in, c) + bn(c)
+            c_in = c
+    return total + dense(512, num_classes)
+
+
+def resnet20_count(projection: bool) -> int:
+    total = conv(3, 3, 16, bias=False) + bn(16)
+    c_in = 16
+    for c in (16, 32, 64):
+        for i in range(3):
+            total += conv(3, c_in, c, bias=False) + bn(c)
+            total += conv(3, c, c, bias=False) + bn(c)
+            if i == 0 and c != c_in and projection:
+                total += conv(1, c_in, c, bias=False) + bn(c)
+            c_in = c
+    return total + dense(64, 10)
+
+
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+         512, 512, 512)  # fmt: skip
+
+EXPECTED_COUNTS = {
+    "lenet300": dense(784, 300) + dense(300, 100) + dense(100, 10),
+    "lenet5": conv(5, 1, 6) + conv(5, 6, 16) + dense(5 * 5 * 16, 120)
+    + dense(120, 84) + dense(84, 10),
+    "conv2": conv(3, 3, 64) + conv(3, 64, 64) + dense(16 * 16 * 64, 256)
+    + dense(256, 256) + dense(256, 10),
+    "conv4": conv(3, 3, 64) + conv(3, 64, 64) + conv(3, 64, 128) + conv(3, 128, 128)
+    + dense(8 * 8 * 128, 256) + dense(256, 256) + dense(256, 10),
+    "conv6": conv(3, 3, 64) + conv(3, 64, 64) + conv(3, 64, 128) + conv(3, 128, 128)
+    + conv(3, 128, 256) + conv(3, 256, 256)
+    + dense(4 * 4 * 256, 256) + dense(256, 256) + dense(256, 10),
+    "vgg11": vgg_count(VGG11),
+    "vgg16": vgg_count(VGG16),
+    "resnet20": resnet20_count(projection=True),
+    "mnist1d_mlp": dense(40, 500) + dense(500, 500) + dense(500, 10),
+    "mlp": dense(784, 100) + dense(100, 100) + dense(100, 10),
+}
+
+# ----------------------------------------------------------------------------------
+# helpers
+
+
+def abstract_variables(name: str, **kwargs):
+    model = models.build(name, **kwargs)
+    return model, jax.eval_shape(
+        lambda k: models.init(model, k, models.input_shape(name)), jax.random.key(0)
+    )
+
+
+def leaf_paths(tree) -> dict[str, tuple[int, ...]]:
+    """``{'Dense_0/kernel': shape}``; drops nnx's trailing ``.value`` attribute."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        keys = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+        out["/".join(map(str, keys))] = tuple(leaf.shape)
+    return out
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    model = models.build("resnet20")
+    return model, models.init(model, jax.random.key(0), (32, 32, 3))
+
+
+# ----------------------------------------------------------------------------------
+# registry
+
+
+def test_names_and_public_api():
+    assert set(models.NAMES) == set(EXPECTED_COUNTS)
+    assert models.OUTPUT_LAYER == "output"
+    for name in models.__all__:
+        assert hasattr(models, name), name
+
+
+def test_unknown_name_lists_names():
+    with pytest.raises(ValueError, match="unknown model name 'lenet7'") as info:
+        models.build("lenet7")
+    for name in models.NAMES:
+        assert name in str(info.value)
+    with pytest.raises(ValueError, match="resnet20"):
+        models.input_shape("nope")
+
+
+def test_unknown_kwarg_raises_type_error():
+    with pytest.raises(TypeError):
+        models.build("lenet300", nope=1)
+
+
+def test_input_shapes():
+    assert models.input_shape("lenet300") == (28, 28, 1)
+    assert models.input_shape("lenet5") == (28, 28, 1)
+    assert models.input_shape("mlp") == (28, 28, 1)
+    for name in ("conv2", "conv4", "conv6", "vgg11", "vgg16", "resnet20"):
+        assert models.input_shape(name) == (32, 32, 3)
+    assert models.input_shape("mnist1d_mlp") == (40,)
+
+
+# ----------------------------------------------------------------------------------
+# shapes and counts (traced only: no compilation of the big nets)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_COUNTS))
+def test_output_shape_count_and_output_layer(name):
+    model, variables = abstract_variables(name)
+    params = variables["params"]
+    assert models.count_params(variables) == EXPECTED_COUNTS[name]
+    assert models.count_params(params) == EXPECTED_COUNTS[name]
+    assert params["output"]["kernel"].shape[-1] == 10
+    assert "bias" in params["output"]
+    has_bn = name in ("vgg11", "vgg16", "resnet20")
+    assert ("batch_stats" in variables) == has_bn
+    x = jax.ShapeDtypeStruct((2, *models.input_shape(name)), jnp.float32)
+    for train in (False, True):
+        mutable = ["batch_stats"] if train and has_bn else False
+        out = jax.eval_shape(
+            lambda v, x, t=train, m=mutable: model.apply(v, x, train=t, mutable=m),
+            variables,
+            x,
+        )
+        logits = out[0] if mutable else out
+        assert logits.shape == (2, 10)
+        assert logits.dtype == jnp.float32
+
+
+def test_counts_match_papers():
+    # Frankle & Carbin 2019, Figure 2: LeNet 266K, Conv-2 4.3M, Conv-4 2.4M.
+    assert EXPECTED_COUNTS["lenet300"] == 266_610
+    assert EXPECTED_COUNTS["lenet300"] // 1000 == 266
+    assert EXPECTED_COUNTS["conv2"] == 4_301_642
+    assert round(EXPECTED_COUNTS["conv2"] / 1e6, 1) == 4.3
+    assert EXPECTED_COUNTS["conv4"] == 2_425_930
+    assert round(EXPECTED_COUNTS["conv4"] / 1e6, 1) == 2.4
+    # Conv-6: the paper's "1.7M" cannot come from its own architecture (the
+    # 4x4x256 -> 256 dense layer alone is 1.05M); its conv-weight figure 1.1M holds.
+    assert EXPECTED_COUNTS["conv6"] == 2_262_602
+    _, variables = abstract_variables("conv6")
+    conv_weights = sum(
+        math.prod(leaf.shape)
+        for leaf in jax.tree_util.tree_leaves(variables["params"])
+        if leaf.ndim == 4
+    )
+    assert conv_weights == 1_144_512
+    assert round(conv_weights / 1e6, 1) == 1.1
+    assert EXPECTED_COUNTS["lenet5"] == 61_706
+    # open_lth cifar_vgg_16 ~ 14.7M; He et al. 2016 ResNet-20 0.27M.
+    assert EXPECTED_COUNTS["vgg16"] == 14_728_266
+    assert round(EXPECTED_COUNTS["vgg16"] / 1e6, 1) == 14.7
+    assert EXPECTED_COUNTS["vgg11"] == 9_231_114
+    assert EXPECTED_COUNTS["resnet20"] == 272_474
+    assert round(EXPECTED_COUNTS["resnet20"] / 1e6, 2) == 0.27
+
+
+def test_resnet20_zero_pad_shortcut_count():
+    _, variables = abstract_variables("resnet20", shortcut="zero_pad")
+    assert models.count_params(variables) == resnet20_count(projection=False) == 269_722
+    assert "shortcut_conv" not in variables["params"]["block1_0"]
+
+
+def test_build_kwargs():
+    _, variables = abstract_variables("mlp", features=(32, 16, 8), num_classes=7)
+    expected = dense(784, 32) + dense(32, 16) + dense(16, 8) + dense(8, 7)
+    assert models.count_params(variables) == expected
+    assert variables["params"]["output"]["kernel"].shape == (8, 7)
+    _, variables = abstract_variables("mnist1d_mlp", hidden=100, residual=False)
+    assert models.count_params(variables) == dense(40, 100) + dense(100, 100) + dense(
+        100, 10
+    )
+    _, variables = abstract_variables("resnet20", num_classes=100)
+    assert variables["params"]["output"]["kernel"].shape == (64, 100)
+
+
+def test_count_params_on_concrete_and_nnx():
+    params = {"a": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}}
+    assert models.count_params(params) == 16
+    assert models.count_params({"params": params, "batch_stats": params}) == 16
+    _, state = nnx.split(models.LeNet300NNX(rngs=nnx.Rngs(0)), nnx.Param)
+    assert models.count_params(state) == EXPECTED_COUNTS["lenet300"]
+
+
+# ----------------------------------------------------------------------------------
+# real forward passes on the small nets (batch 2)
+
+
+@pytest.mark.parametrize("name", ["lenet300", "mlp", "mnist1d_mlp", "lenet5", "conv2"])
+def test_forward_runs(name):
+    model = models.build(name)
+    variables = models.init(model, jax.random.key(1), models.input_shape(name))
+    x = jax.random.normal(jax.random.key(2), (2, *models.input_shape(name)))
+    logits = jax.jit(model.apply)(variables, x)
+    assert logits.shape == (2, 10)
+    assert bool(jnp.all(jnp.isfinite(logits)))
+    again = models.init(model, jax.random.key(1), models.input_shape(name))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, variables, again)
+
+
+def test_mlps_flatten_images_and_flat_inputs_alike():
+    model = models.build("lenet300")
+    variables = models.init(model, jax.random.key(0), (28, 28, 1))
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    np.testing.assert_allclose(
+        model.apply(variables, x), model.apply(variables, x.reshape(2, 784)), rtol=1e-6
+    )
+
+
+# ----------------------------------------------------------------------------------
+# initialisers
+
+
+def test_lenet300_glorot_normal_std():
+    variables = models.init(models.build("lenet300"), jax.random.key(0), (28, 28, 1))
+    params = variables["params"]
+    for layer, (fan_in, fan_out) in {"Dense_0": (784, 300), "Dense_1": (300, 100)}.items():
+        w = np.asarray(params[layer]["kernel"])
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+        # 30k-235k samples: sampling error of the std < 0.5 %; allow 3 %.
+        assert abs(w.std() / std - 1) < 0.03, (layer, w.std(), std)
+        assert abs(w.mean()) < 0.05 * std
+        # TF1-style truncation at 2 sigma of the unscaled normal (std / 0.8796).
+        assert np.abs(w).max() <= 2 * std / 0.87962566103423978 + 1e-6
+        np.testing.assert_array_equal(params[layer]["bias"], 0.0)
+    assert params["output"]["kernel"].std() == pytest.approx(math.sqrt(2 / 110), rel=0.1)
+
+
+def test_mnist1d_mlp_pytorch_uniform_init():
+    model = models.build("mnist1d_mlp")
+    params = models.init(model, jax.random.key(0), (40,))["params"]
+    for layer, fan_in in {"Dense_0": 40, "Dense_1": 500, "output": 500}.items():
+        bound = 1 / math.sqrt(fan_in)
+        for kind in ("kernel", "bias"):
+            u = np.asarray(params[layer][kind]).ravel() / bound
+            assert np.all(np.abs(u) <= 1.0), (layer, kind)
+            assert np.abs(u).max() > 0.9, (layer, kind)  # spans the range, not smaller
+        u = np.asarray(params[layer]["kernel"]).ravel() / bound
+        # Uniform on [-1, 1]: std 1/sqrt(3); every tenth of the range ~10 % of draws.
+        assert u.std() == pytest.approx(1 / math.sqrt(3), rel=0.05)
+        hist = np.histogram(u, bins=10, range=(-1, 1))[0] / u.size
+        np.testing.assert_allclose(hist, 0.1, atol=0.03)
+
+
+def test_pytorch_uniform_needs_fan_in_for_vectors():
+    with pytest.raises(ValueError, match="fan_in"):
+        models.pytorch_uniform()(jax.random.key(0), (10,))
+
+
+def test_resnet20_kaiming_normal_untruncated(resnet20):
+    _, variables = resnet20
+    w = np.asarray(variables["params"]["block2_1"]["conv2"]["kernel"])  # 36,864 draws
+    std = math.sqrt(2.0 / (3 * 3 * 64))
+    assert abs(w.std() / std - 1) < 0.03
+    assert np.abs(w).max() > 3 * std  # a truncated (2 sigma) normal never gets here
+    np.testing.assert_array_equal(variables["params"]["bn"]["scale"], 1.0)
+
+
+# ----------------------------------------------------------------------------------
+# mnist1d_mlp against a hand forward pass
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_mnist1d_mlp_matches_numpy(residual):
+    model = models.build("mnist1d_mlp", hidden=32, residual=residual)
+    params = models.init(model, jax.random.key(3), (40,))["params"]
+    x = np.asarray(jax.random.normal(jax.random.key(4), (2, 40)))
+    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
+
+    def relu(z):
+        return np.maximum(z, 0.0)
+
+    h = relu(x @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    z = relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+    h = h + z if residual else z
+    expected = h @ p["output"]["kernel"] + p["output"]["bias"]
+    np.testing.assert_allclose(model.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------
+# BatchNorm models
+
+
+def test_resnet20_train_updates_batch_stats(resnet20):
+    model, variables = resnet20
+    x = jax.random.normal(jax.random.key(5), (2, 32, 32, 3))
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 10)
+    stats = updates["batch_stats"]
+    assert set(stats) == set(variables["batch_stats"])
+    # Stem BN: running mean <- 0.9 * 0 + 0.1 * batch mean (PyTorch momentum 0.1).
+    y = jax.lax.conv_general_dilated(
+        x, variables["params"]["conv"]["kernel"], (1, 1), "SAME",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )  # fmt: skip
+    np.testing.assert_allclose(stats["bn"]["mean"], 0.1 * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(stats["block2_0"]["shortcut_bn"]["var"], 1.0)
+    # Inference mode uses the running averages and needs nothing mutable.
+    eval_logits = model.apply(variables, x, train=False)
+    assert eval_logits.shape == (2, 10)
+    assert not np.allclose(eval_logits, logits)
+
+
+def test_vgg_code_path_train_and_eval():
+    # The same VGG class on a tiny plan: the full VGG-16 is checked by tracing above.
+    model = models.VGG(plan=(8, "M", 16), num_classes=3)
+    variables = models.init(model, jax.random.key(0), (8, 8, 3))
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.shape == (2, 3)
+    assert not np.allclose(updates["batch_stats"]["BatchNorm_0"]["mean"], 0.0)
+    assert model.apply(variables, x).shape == (2, 3)
+    assert count_bn(variables["params"]) == 2
+
+
+def count_bn(params) -> int:
+    return sum(1 for k in params if k.startswith("BatchNorm_"))
+
+
+def test_resnet_bad_depth():
+    model = models.CifarResNet(depth=21)
+    with pytest.raises(ValueError, match="6n\\+2"):
+        jax.eval_shape(lambda k: models.init(model, k, (8, 8, 3)), jax.random.key(0))
+
+
+# ----------------------------------------------------------------------------------
+# nnx
+
+
+def test_lenet300_nnx_matches_linen():
+    nnx_model = models.LeNet300NNX(rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(nnx_model, nnx.Param)
+    linen_model = models.build("lenet300")
+    params = models.init(linen_model, jax.random.key(0), (28, 28, 1))["params"]
+    assert leaf_paths(state) == leaf_paths(params)
+    assert models.count_params(state) == models.count_params(params) == 266_610
+    # nnx draws the same kind of weights (Glorot normal, zero bias).
+    w = np.asarray(state["Dense_0"]["kernel"][...])
+    assert abs(w.std() / math.sqrt(2 / 1084) - 1) < 0.03
+    np.testing.assert_array_equal(state["output"]["bias"][...], 0.0)
+
+    # Same weights -> same outputs; and the state's leaves can be masked.
+    x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
+    state.replace_by_pure_dict(params)
+    np.testing.assert_allclose(
+        nnx.merge(graphdef, state)(x), linen_model.apply({"params": params}, x), rtol=1e-5, atol=1e-6
+    )
+    mask = jax.tree_util.tree_map(
+        lambda p: jax.random.bernoulli(jax.random.key(2), 0.5, p.shape), params
+    )
+    masked = jax.tree_util.tree_map(lambda p, m: p * m, params, mask)
+    masked_state = jax.tree_util.tree_map(lambda p: p, state)
+    masked_state.replace_by_pure_dict(masked)
+    np.testing.assert_allclose(
+        nnx.merge(graphdef, masked_state)(x),
+        linen_model.apply({"params": masked}, x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_models_are_linen_modules():
+    for name in models.NAMES:
+        assert isinstance(models.build(name), nn.Module)
