@@ -80,11 +80,14 @@ def prepare(config: RunConfig) -> Prepared:
         data_dir=config.data_dir,
     )
     module = models.build(config.model, num_classes=dataset.num_classes)
-    expected = models.input_shape(config.model)
-    # MLPs flatten any input and infer their fan-in; conv nets need images (H, W, C).
-    if len(expected) == 3 and len(dataset.input_shape) != 3:
-        data_lib.check_input_shape(dataset, expected)
-    variables = init_variables(module, dataset.input_shape, config.seed)
+    try:  # MLPs flatten any input; conv nets need images (H, W, C)
+        variables = init_variables(module, dataset.input_shape, config.seed)
+    except Exception as err:
+        raise ValueError(
+            f"model {config.model!r} cannot take dataset {dataset.name!r}: inputs of "
+            f"shape {dataset.input_shape}, the model's default is "
+            f"{models.input_shape(config.model)} ({type(err).__name__}: {err})"
+        ) from err
     trainer = make_trainer(
         classifier(module), config.train, num_train=dataset.train.x.shape[0]
     )

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -87,12 +87,12 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 60
-    optimizer: str = "adam"
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = 1.2e-3
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: Literal["constant", "step", "cosine"] = "constant"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
     warmup_steps: int = 0

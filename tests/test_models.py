@@ -32,6 +32,15 @@ def bn(c: int) -> int:
     return 2 * c  # scale and offset; running stats live in batch_stats
 
 
+def conv_lth(widths, flat: int) -> int:
+    """Conv-2/4/6: 3x3 convs with bias, then dense 256, 256, 10 on ``flat`` inputs."""
+    total, c_in = 0, 3
+    for c in widths:
+        total += conv(3, c_in, c)
+        c_in = c
+    return total + dense(flat, 256) + dense(256, 256) + dense(256, 10)
+
+
 def vgg_count(plan, num_classes=10) -> int:
     total, c_in = 0, 3
     for c in plan:
@@ -60,15 +69,14 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
 
 EXPECTED_COUNTS = {
     "lenet300": dense(784, 300) + dense(300, 100) + dense(100, 10),
-    "lenet5": conv(5, 1, 6) + conv(5, 6, 16) + dense(5 * 5 * 16, 120)
-    + dense(120, 84) + dense(84, 10),
-    "conv2": conv(3, 3, 64) + conv(3, 64, 64) + dense(16 * 16 * 64, 256)
-    + dense(256, 256) + dense(256, 10),
-    "conv4": conv(3, 3, 64) + conv(3, 64, 64) + conv(3, 64, 128) + conv(3, 128, 128)
-    + dense(8 * 8 * 128, 256) + dense(256, 256) + dense(256, 10),
-    "conv6": conv(3, 3, 64) + conv(3, 64, 64) + conv(3, 64, 128) + conv(3, 128, 128)
-    + conv(3, 128, 256) + conv(3, 256, 256)
-    + dense(4 * 4 * 256, 256) + dense(256, 256) + dense(256, 10),
+    "lenet5": conv(5, 1, 6)
+    + conv(5, 6, 16)
+    + dense(5 * 5 * 16, 120)
+    + dense(120, 84)
+    + dense(84, 10),
+    "conv2": conv_lth((64, 64), 16 * 16 * 64),
+    "conv4": conv_lth((64, 64, 128, 128), 8 * 8 * 128),
+    "conv6": conv_lth((64, 64, 128, 128, 256, 256), 4 * 4 * 256),
     "vgg11": vgg_count(VGG11),
     "vgg16": vgg_count(VGG16),
     "resnet20": resnet20_count(projection=True),
@@ -222,7 +230,7 @@ def test_count_params_on_concrete_and_nnx():
 # real forward passes on the small nets (batch 2)
 
 
-@pytest.mark.parametrize("name", ["lenet300", "mlp", "mnist1d_mlp", "lenet5", "conv2"])
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "conv2"])
 def test_forward_runs(name):
     model = models.build(name)
     variables = models.init(model, jax.random.key(1), models.input_shape(name))
@@ -232,6 +240,12 @@ def test_forward_runs(name):
     assert bool(jnp.all(jnp.isfinite(logits)))
     again = models.init(model, jax.random.key(1), models.input_shape(name))
     jax.tree_util.tree_map(np.testing.assert_array_equal, variables, again)
+
+
+def test_init_with_unhashable_fields():
+    model = models.build("mlp", features=[8, 4], num_classes=3)  # a list: no hash
+    variables = models.init(model, jax.random.key(0), (5,))
+    assert models.count_params(variables) == dense(5, 8) + dense(8, 4) + dense(4, 3)
 
 
 def test_mlps_flatten_images_and_flat_inputs_alike():
@@ -250,7 +264,10 @@ def test_mlps_flatten_images_and_flat_inputs_alike():
 def test_lenet300_glorot_normal_std():
     variables = models.init(models.build("lenet300"), jax.random.key(0), (28, 28, 1))
     params = variables["params"]
-    for layer, (fan_in, fan_out) in {"Dense_0": (784, 300), "Dense_1": (300, 100)}.items():
+    for layer, (fan_in, fan_out) in {
+        "Dense_0": (784, 300),
+        "Dense_1": (300, 100),
+    }.items():
         w = np.asarray(params[layer]["kernel"])
         std = math.sqrt(2.0 / (fan_in + fan_out))
         # 30k-235k samples: sampling error of the std < 0.5 %; allow 3 %.
@@ -259,7 +276,9 @@ def test_lenet300_glorot_normal_std():
         # TF1-style truncation at 2 sigma of the unscaled normal (std / 0.8796).
         assert np.abs(w).max() <= 2 * std / 0.87962566103423978 + 1e-6
         np.testing.assert_array_equal(params[layer]["bias"], 0.0)
-    assert params["output"]["kernel"].std() == pytest.approx(math.sqrt(2 / 110), rel=0.1)
+    assert params["output"]["kernel"].std() == pytest.approx(
+        math.sqrt(2 / 110), rel=0.1
+    )
 
 
 def test_mnist1d_mlp_pytorch_uniform_init():
@@ -270,7 +289,8 @@ def test_mnist1d_mlp_pytorch_uniform_init():
         for kind in ("kernel", "bias"):
             u = np.asarray(params[layer][kind]).ravel() / bound
             assert np.all(np.abs(u) <= 1.0), (layer, kind)
-            assert np.abs(u).max() > 0.9, (layer, kind)  # spans the range, not smaller
+            if u.size >= 100:  # spans the whole range (right fan-in), not less
+                assert np.abs(u).max() > 0.9, (layer, kind)
         u = np.asarray(params[layer]["kernel"]).ravel() / bound
         # Uniform on [-1, 1]: std 1/sqrt(3); every tenth of the range ~10 % of draws.
         assert u.std() == pytest.approx(1 / math.sqrt(3), rel=0.05)
@@ -310,7 +330,9 @@ def test_mnist1d_mlp_matches_numpy(residual):
     z = relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
     h = h + z if residual else z
     expected = h @ p["output"]["kernel"] + p["output"]["bias"]
-    np.testing.assert_allclose(model.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.apply({"params": params}, x), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -329,7 +351,9 @@ def test_resnet20_train_updates_batch_stats(resnet20):
         x, variables["params"]["conv"]["kernel"], (1, 1), "SAME",
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )  # fmt: skip
-    np.testing.assert_allclose(stats["bn"]["mean"], 0.1 * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        stats["bn"]["mean"], 0.1 * y.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6
+    )
     assert not np.allclose(stats["block2_0"]["shortcut_bn"]["var"], 1.0)
     # Inference mode uses the running averages and needs nothing mutable.
     eval_logits = model.apply(variables, x, train=False)
@@ -377,16 +401,19 @@ def test_lenet300_nnx_matches_linen():
 
     # Same weights -> same outputs; and the state's leaves can be masked.
     x = jax.random.normal(jax.random.key(1), (2, 28, 28, 1))
-    state.replace_by_pure_dict(params)
+    nnx.replace_by_pure_dict(state, params)
     np.testing.assert_allclose(
-        nnx.merge(graphdef, state)(x), linen_model.apply({"params": params}, x), rtol=1e-5, atol=1e-6
+        nnx.merge(graphdef, state)(x),
+        linen_model.apply({"params": params}, x),
+        rtol=1e-5,
+        atol=1e-6,
     )
     mask = jax.tree_util.tree_map(
         lambda p: jax.random.bernoulli(jax.random.key(2), 0.5, p.shape), params
     )
     masked = jax.tree_util.tree_map(lambda p, m: p * m, params, mask)
     masked_state = jax.tree_util.tree_map(lambda p: p, state)
-    masked_state.replace_by_pure_dict(masked)
+    nnx.replace_by_pure_dict(masked_state, masked)
     np.testing.assert_allclose(
         nnx.merge(graphdef, masked_state)(x),
         linen_model.apply({"params": masked}, x),

@@ -9,7 +9,11 @@ References:
 """
 
 from lotto_jax.models._conv import CONV_PLANS, ConvNet, LeNet5
-from lotto_jax.models._initializers import glorot_normal, kaiming_normal, pytorch_uniform
+from lotto_jax.models._initializers import (
+    glorot_normal,
+    kaiming_normal,
+    pytorch_uniform,
+)
 from lotto_jax.models._mlp import MLP, MNIST1DMLP, LeNet300
 from lotto_jax.models._nnx import LeNet300NNX
 from lotto_jax.models._registry import (

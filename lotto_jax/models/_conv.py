@@ -80,8 +80,12 @@ class ConvNet(nn.Module):
                 i += 1
         x = x.reshape(x.shape[0], -1)
         for j, width in enumerate(self.dense):
-            x = nn.relu(nn.Dense(width, kernel_init=self.kernel_init, name=f"Dense_{j}")(x))
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="output")(x)
+            x = nn.relu(
+                nn.Dense(width, kernel_init=self.kernel_init, name=f"Dense_{j}")(x)
+            )
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="output")(
+            x
+        )
 
 
 class LeNet5(nn.Module):
@@ -116,9 +120,13 @@ class LeNet5(nn.Module):
         """Returns logits ``[batch, num_classes]`` for NHWC images; ``train`` unused."""
         del train
         init = self.kernel_init
-        x = nn.relu(nn.Conv(6, (5, 5), padding="SAME", kernel_init=init, name="Conv_0")(x))
+        x = nn.relu(
+            nn.Conv(6, (5, 5), padding="SAME", kernel_init=init, name="Conv_0")(x)
+        )
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", kernel_init=init, name="Conv_1")(x))
+        x = nn.relu(
+            nn.Conv(16, (5, 5), padding="VALID", kernel_init=init, name="Conv_1")(x)
+        )
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(120, kernel_init=init, name="Dense_0")(x))

@@ -11,7 +11,7 @@ import jax
 
 from lotto_jax.models._initializers import glorot_normal, pytorch_uniform
 
-__all__ = ["MLP", "LeNet300", "MNIST1DMLP"]
+__all__ = ["MLP", "MNIST1DMLP", "LeNet300"]
 
 
 class MLP(nn.Module):

@@ -125,8 +125,10 @@ def init(
 ) -> dict[str, Any]:
     """Initialises ``model`` on a batch of one zero input, in inference mode.
 
-    The whole ``model.init`` is jitted (one compilation instead of one per
-    operation, which matters for the conv nets on CPU).
+    ``model.init`` is jitted with the model as a static argument, so equal models
+    (linen modules compare and hash by their fields) share one compilation: repeated
+    initialisations, e.g. reinitialisation controls, do not recompile. Models with
+    unhashable fields (say ``features=[100, 100]``) are still jitted, uncached.
 
     Args:
         model: a linen model, e.g. from :func:`build`.
@@ -144,7 +146,18 @@ def init(
         (100, 10)
     """
     x = jnp.zeros((1, *input_shape), jnp.float32)
-    return jax.jit(functools.partial(model.init, train=False))(key, x)
+    try:
+        hash(model)
+    except TypeError:
+        return jax.jit(functools.partial(_init_impl, model))(key, x)
+    return _init_jit(model, key, x)
+
+
+def _init_impl(model: nn.Module, key: PRNGKey, x: jax.Array) -> dict[str, Any]:
+    return model.init(key, x, train=False)
+
+
+_init_jit = jax.jit(_init_impl, static_argnums=0)
 
 
 def count_params(variables_or_params: Mapping[str, Any] | Params) -> int:

@@ -54,7 +54,9 @@ class BasicBlock(nn.Module):
             elif self.shortcut == "zero_pad":
                 x = x[:, :: self.strides, :: self.strides, :]
                 extra = self.features - x.shape[-1]
-                x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+                x = jnp.pad(
+                    x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2))
+                )
             else:
                 raise ValueError(
                     f"BasicBlock.shortcut: expected one of {_SHORTCUTS}, got "
@@ -157,4 +159,6 @@ class CifarResNet(nn.Module):
                     name=f"block{stage}_{index}",
                 )(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="output")(x)
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="output")(
+            x
+        )

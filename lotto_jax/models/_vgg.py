@@ -86,4 +86,6 @@ class VGG(nn.Module):
             x = nn.relu(x)
             i += 1
         x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="output")(x)
+        return nn.Dense(self.num_classes, kernel_init=self.kernel_init, name="output")(
+            x
+        )
