@@ -7,7 +7,7 @@ The public modules are imported here: ``lotto_jax.masks``, ``lotto_jax.scores``,
 ``lotto_jax.prune``, ``lotto_jax.sparse`` and the rest.
 """
 
-from lotto_jax import masks, prune, scores, sparse
+from lotto_jax import common, data, masks, models, prune, scores, sparse, train
 from lotto_jax._types import KeyPath, Mask, Params, PRNGKey, Prunable, Scores
 
 __version__ = "0.1.0"
@@ -19,8 +19,12 @@ __all__ = [
     "Params",
     "Prunable",
     "Scores",
+    "common",
+    "data",
     "masks",
+    "models",
     "prune",
     "scores",
     "sparse",
+    "train",
 ]

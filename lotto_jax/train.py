@@ -483,6 +483,9 @@ def fit(
     val = dataset.validation
     x_val, y_val = (jnp.asarray(val.x), jnp.asarray(val.y)) if val is not None else (None, None)
     curve = list(history)
+    # The chunks donate their input state; copy once so the caller's arrays (θ0, a
+    # rewind point) stay valid.
+    state = jax.tree.map(jnp.copy, state)
     first = int(np.max(np.asarray(state.step)))
 
     def record(st, train_loss):

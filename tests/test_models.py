@@ -230,7 +230,7 @@ def test_count_params_on_concrete_and_nnx():
 # real forward passes on the small nets (batch 2)
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5", "conv2"])
+@pytest.mark.parametrize("name", ["lenet5", "conv2"])
 def test_forward_runs(name):
     model = models.build(name)
     variables = models.init(model, jax.random.key(1), models.input_shape(name))
@@ -318,8 +318,10 @@ def test_resnet20_kaiming_normal_untruncated(resnet20):
 
 @pytest.mark.parametrize("residual", [True, False])
 def test_mnist1d_mlp_matches_numpy(residual):
-    model = models.build("mnist1d_mlp", hidden=32, residual=residual)
-    params = models.init(model, jax.random.key(3), (40,))["params"]
+    # Params from the default (residual) model: its init is already compiled.
+    params = models.init(models.build("mnist1d_mlp"), jax.random.key(3), (40,))
+    params = params["params"]
+    model = models.build("mnist1d_mlp", residual=residual)
     x = np.asarray(jax.random.normal(jax.random.key(4), (2, 40)))
     p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), params)
 
