@@ -318,6 +318,8 @@ def make_trainer(
     *,
     num_train: int,
     chunk: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    fsdp: bool = False,
 ) -> Trainer:
     """Builds the jitted train chunk and evaluation for one model and config.
 
@@ -327,6 +329,12 @@ def make_trainer(
       config: the training hyperparameters.
       num_train: number of training examples (static: it fixes the data order).
       chunk: steps per compiled scan; defaults to ``config.eval_every``.
+      mesh: data parallelism: each batch is split over the mesh's ``"data"`` axis
+        (see :mod:`lotto_jax.sharding`; place the state with
+        ``sharding.place_state``). ``None`` leaves placement to JAX.
+      fsdp: with ``mesh``, params and their moments are split over the mesh's
+        ``"model"`` axis (``sharding.param_shardings(fsdp=True)``); the compiled
+        chunk keeps the state in that layout so it never recompiles.
 
     Returns:
       A :class:`Trainer`.
@@ -339,6 +347,32 @@ def make_trainer(
         )
     tx = masked(optimizer(c))
     lr_fn = schedule(c)
+    if mesh is not None:
+        from lotto_jax.sharding import DATA, batch_sharding
+
+        if c.batch_size % mesh.shape[DATA]:
+            raise ValueError(
+                f"batch_size: {c.batch_size} is not divisible by the mesh's data axis "
+                f"({mesh.shape[DATA]} devices)"
+            )
+        constrain = lambda a: jax.lax.with_sharding_constraint(a, batch_sharding(mesh))  # noqa: E731
+
+        def pin(state: TrainState) -> TrainState:
+            """Keeps the state in its placed layout (propagation may move it)."""
+            from lotto_jax.sharding import param_shardings, replicated
+
+            shardings = param_shardings(state.params, mesh, fsdp=fsdp)
+            wsc = jax.lax.with_sharding_constraint
+            return state.replace(
+                params=wsc(state.params, shardings),
+                model_state=wsc(state.model_state, replicated(mesh)),
+                opt_state=optax.tree_utils.tree_map_params(
+                    tx, wsc, state.opt_state, shardings,
+                    transform_non_params=lambda x: wsc(x, replicated(mesh)),
+                ),
+            )
+    else:
+        constrain = pin = lambda a: a  # noqa: E731
 
     def loss_and_logits(params, model_state, mask, x, y, train):
         logits, model_state = apply_fn(apply_mask(params, mask), model_state, x, train)
@@ -370,7 +404,9 @@ def make_trainer(
             st, total = carry
             st, loss = jax.lax.cond(
                 i < n_active,
-                lambda s: one_step(s, mask, x[batch_idx], y[batch_idx], hold_lr),
+                lambda s: one_step(
+                    s, mask, constrain(x[batch_idx]), constrain(y[batch_idx]), hold_lr
+                ),
                 lambda s: (s, jnp.zeros((), jnp.float32)),
                 st,
             )
@@ -379,7 +415,7 @@ def make_trainer(
         (state, total), _ = jax.lax.scan(
             body, (state, jnp.zeros((), jnp.float32)), (jnp.arange(chunk), idx)
         )
-        return state, total / jnp.maximum(n_active, 1)
+        return pin(state), total / jnp.maximum(n_active, 1)
 
     def evaluate(params, model_state, mask, x, y):
         n = x.shape[0]
