@@ -372,7 +372,7 @@ def make_trainer(
                 ),
             )
     else:
-        constrain = pin = lambda a: a  # noqa: E731
+        constrain = pin = lambda a: a
 
     def loss_and_logits(params, model_state, mask, x, y, train):
         logits, model_state = apply_fn(apply_mask(params, mask), model_state, x, train)

@@ -9,11 +9,11 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ["JAX_PLATFORMS"] = "cpu"
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
 
-from lotto_jax import data, masks, models, prune, scores, sharding, train  # noqa: E402
+from lotto_jax import data, masks, models, prune, scores, sharding, train
 
 assert len(jax.devices()) == 8, jax.devices()
 rng = np.random.default_rng(0)
@@ -48,7 +48,7 @@ for spec, fsdp in [(None, False), ("data=8", False), ("data=4,model=2", True)]:
         st = sharding.place_state(tr.init(p0), mesh, fsdp=fsdp, tx=tr.tx)
         # masks.init on placed params follows their sharding
         placed_mask = masks.init(st.params)
-        for p, m in zip(jax.tree.leaves(st.params), jax.tree.leaves(placed_mask)):
+        for p, m in zip(jax.tree.leaves(st.params), jax.tree.leaves(placed_mask), strict=True):
             assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
         mk = sharding.place(mask, sharding.param_shardings(p0, mesh, fsdp=fsdp))
     n0 = len(traces)
@@ -60,14 +60,14 @@ for spec, fsdp in [(None, False), ("data=8", False), ("data=4,model=2", True)]:
         kernel = st.params["Dense_0"]["kernel"]
         want = P(None, "model") if fsdp else P()
         assert kernel.sharding.spec == want, kernel.sharding.spec
-        for p, m in zip(jax.tree.leaves(st.params), jax.tree.leaves(mk)):
+        for p, m in zip(jax.tree.leaves(st.params), jax.tree.leaves(mk), strict=True):
             assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
         moments = jax.tree.leaves(st.opt_state)
         assert any(getattr(m.sharding, "spec", None) == want for m in moments)
 
-for spec, st in results.items():
-    for a, b in zip(jax.tree.leaves(results[None].params), jax.tree.leaves(st.params)):
+for st in results.values():
+    for a, b in zip(jax.tree.leaves(results[None].params), jax.tree.leaves(st.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-    for p, m in zip(jax.tree.leaves(st.params), jax.tree.leaves(mask)):
+    for p, m in zip(jax.tree.leaves(st.params), jax.tree.leaves(mask), strict=True):
         assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
 print("MULTIDEVICE OK")
