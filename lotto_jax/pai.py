@@ -1,0 +1,788 @@
+"""Pruning at initialisation: one entry over the scores, iterative schedules, the
+sanity-check controls and the layer-collapse report.
+
+* :func:`prune_at_init` prunes ``params`` (θ0) to a target density with ``random``,
+  ``magnitude``, ``snip``, ``grasp`` or ``synflow`` scores, in one shot or over
+  ``rounds`` with a shrinking density (SynFlow: 100 rounds by default).
+* :func:`synflow` is the paper's iterative SynFlow; :func:`iterative_prune` is the
+  loop behind every multi-round method (the score function is compiled once; the
+  mask is traced data).
+* The controls of Frankle et al. 2021: :func:`shuffle` (layerwise shuffle of the
+  mask), :func:`reinit` (same mask, fresh weights), :func:`invert` (keep the lowest
+  scores instead of the highest, ``prune_at_init(..., invert=True)``).
+* :func:`collapsed_layers` lists the prunable layers pruned to density 0: such a
+  network computes a constant, and ``prevent_collapse=True`` keeps one weight there.
+* :class:`PaiConfig` and :func:`main`: prune, train the sparse network and its
+  controls with :func:`lotto_jax.train.fit`, write JSON results and orbax masks.
+
+References:
+  Lee et al. 2019, arXiv:1810.02340 (SNIP); Wang et al. 2020, arXiv:2002.07376
+  (GraSP); Tanaka et al. 2020, arXiv:2006.05467 (SynFlow); Frankle et al. 2021,
+  "Pruning Neural Networks at Initialization: Why are We Missing the Mark?",
+  arXiv:2009.08576.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lotto_jax import common, models, prune, train
+from lotto_jax import masks as masks_lib
+from lotto_jax import scores as scores_lib
+from lotto_jax._types import Mask, Params, PRNGKey, Prunable, Scores
+from lotto_jax.masks import default_prunable, path_str
+
+__all__ = [
+    "CONTROLS",
+    "METHODS",
+    "SCHEDULES",
+    "PaiConfig",
+    "collapsed_layers",
+    "invert",
+    "iterative_prune",
+    "main",
+    "prune_at_init",
+    "reinit",
+    "schedule_densities",
+    "shuffle",
+    "synflow",
+]
+
+METHODS: tuple[str, ...] = ("random", "magnitude", "snip", "grasp", "synflow")
+"""Scores :func:`prune_at_init` accepts."""
+CONTROLS: tuple[str, ...] = ("shuffle", "reinit", "invert")
+"""The sanity checks of Frankle et al. 2021, by name."""
+SCHEDULES: tuple[str, ...] = ("exponential", "linear")
+"""Density schedules of the iterative methods."""
+
+ScoreFn = Callable[[Mask, jax.Array], Scores]
+"""``score_fn(mask, round) -> scores``: scores under the current mask at round
+``1 ... n`` (an int32 array, so a jitted score function never retraces)."""
+
+
+# ----------------------------------------------------------------------------------
+# checks
+
+
+def _check_density(density) -> float:
+    try:
+        d = float(density)
+    except (TypeError, ValueError):
+        raise ValueError(f"density: expected a float in (0, 1], got {density!r}") from None
+    if not (0 < d <= 1) or not math.isfinite(d):
+        raise ValueError(f"density: expected a value in (0, 1], got {d}")
+    return d
+
+
+def _check_choice(name: str, value, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_rounds(rounds) -> int:
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ValueError(f"rounds: expected a positive int, got {rounds!r}")
+    return int(rounds)
+
+
+# ----------------------------------------------------------------------------------
+# schedules, controls, collapse
+
+
+def schedule_densities(
+    density: float, rounds: int, *, schedule: str = "exponential", start: float = 1.0
+) -> list[float]:
+    """The target density after each of ``rounds`` rounds, ending at ``density``.
+
+    ``exponential``: round ``k`` (1-based) prunes to ``start * (density /
+    start)^(k/n)``, which is SynFlow's ``ρ^(k/n)`` from the dense network
+    (``start=1``). ``linear``: ``start - (start - density) k/n`` (Synaptic-Flow's
+    ``"linear"``). Densities refer to all prunable weights.
+
+    Args:
+      density: the final density in (0, 1].
+      rounds: ``n >= 1``.
+      schedule: ``"exponential"`` or ``"linear"``.
+      start: the density of the starting mask.
+
+    Returns:
+      ``n`` densities; the last is ``density``.
+
+    Examples:
+      >>> schedule_densities(0.01, 2)
+      [0.1, 0.01]
+      >>> schedule_densities(0.5, 2, schedule="linear")
+      [0.75, 0.5]
+
+    References:
+      Tanaka et al. 2020, arXiv:2006.05467 (Algorithm 1).
+    """
+    density = _check_density(density)
+    n = _check_rounds(rounds)
+    _check_choice("schedule", schedule, SCHEDULES)
+    out = []
+    for k in range(1, n + 1):
+        if k == n:
+            out.append(density)
+        elif schedule == "exponential":
+            out.append(start * (density / start) ** (k / n))
+        else:
+            out.append(start - (start - density) * k / n)
+    return out
+
+
+def collapsed_layers(mask: Mask, *, prunable: Prunable = default_prunable) -> list[str]:
+    """The prunable layers that keep no weight at all (layer collapse).
+
+    A layer at density 0 disconnects the network: its output no longer depends on
+    the input (Tanaka et al. 2020 call it layer collapse; global magnitude pruning
+    at initialisation is prone to it at high sparsity).
+
+    Args:
+      mask: a boolean pytree.
+      prunable: which leaves are layers.
+
+    Returns:
+      The paths (``'Dense_0/kernel'``) of prunable leaves with no kept entry, in
+      tree order.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> collapsed_layers({"a": jnp.zeros((2, 2), bool), "b": jnp.eye(2, dtype=bool),
+      ...                   "bias": jnp.zeros(2, bool)})
+      ['a']
+    """
+    return [
+        path_str(p)
+        for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+        if prunable(p, m) and np.size(m) > 0 and not np.any(m)
+    ]
+
+
+def invert(scores: Scores) -> Scores:
+    """Score inversion: negated scores, so pruning keeps the *lowest* original ones.
+
+    The inversion sanity check of Frankle et al. 2021: at the same density, keep the
+    weights a method ranks least important. Ties keep their positional order
+    (pruning removes the earliest of equal scores first, inverted or not).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> invert({"w": jnp.array([1.0, -2.0])})
+      {'w': Array([-1.,  2.], dtype=float32)}
+    """
+    return jax.tree.map(jnp.negative, scores)
+
+
+def shuffle(mask: Mask, *, key: PRNGKey, prunable: Prunable = default_prunable) -> Mask:
+    """The layerwise-shuffle control: each prunable layer's mask permuted at random
+    (its density kept); see :func:`lotto_jax.masks.shuffle`.
+
+    Frankle et al. 2021 find that SNIP, GraSP and SynFlow lose little under this
+    control: they choose per-layer densities more than individual weights.
+    """
+    return _shuffle_jit(mask, key, prunable=prunable)
+
+
+# one compilation instead of one per eager op and leaf shape
+_shuffle_jit = jax.jit(masks_lib.shuffle, static_argnames=("prunable",))
+
+
+def reinit(module, input_shape: Sequence[int], *, key: PRNGKey) -> dict[str, Any]:
+    """The reinitialisation control: fresh variables from the model's initialisers.
+
+    Train them under the found mask. (``common.init_variables`` does the same from
+    an integer seed.)
+
+    Args:
+      module: the linen model.
+      input_shape: one example's shape.
+      key: a key other than the one of the original θ0.
+
+    Returns:
+      The variables dict (``params`` and, with BatchNorm, ``batch_stats``).
+    """
+    return models.init(module, key, tuple(input_shape))
+
+
+def _prevent_collapse(new: Mask, old: Mask, scores: Scores, prunable: Prunable) -> Mask:
+    """Keeps the best still-kept weight of every prunable layer that ``new`` empties."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(new)
+    out = []
+    for (path, m), o, s in zip(
+        leaves, jax.tree.leaves(old), jax.tree.leaves(scores), strict=True
+    ):
+        if prunable(path, m) and not np.any(m) and np.any(o):
+            ranked = np.where(np.ravel(o), np.ravel(np.asarray(s, np.float64)), -np.inf)
+            keep = np.zeros(np.size(m), bool)
+            keep[np.argmax(ranked)] = True
+            m = jnp.asarray(keep.reshape(np.shape(m)))
+        out.append(m)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _prunable_items(scores: Scores, mask: Mask, prunable: Prunable):
+    """``[(path, score, mask)]`` of the prunable leaves, as numpy arrays."""
+    return [
+        (p, np.asarray(s), np.asarray(m))
+        for (p, s), m in zip(
+            jax.tree_util.tree_flatten_with_path(scores)[0], jax.tree.leaves(mask),
+            strict=True,
+        )
+        if prunable(p, m)
+    ]
+
+
+def _check_finite(scores: Scores, mask: Mask, prunable: Prunable) -> None:
+    for path, s, m in _prunable_items(scores, mask, prunable):
+        bad = m & ~np.isfinite(s)
+        if bad.any():
+            raise ValueError(
+                f"scores{jax.tree_util.keystr(path)}: {int(bad.sum())} kept weights have "
+                "NaN or infinite scores; scores must be finite where the mask keeps a weight"
+            )
+
+
+def _density(mask: Mask, prunable: Prunable) -> float:
+    items = [np.asarray(m) for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+             if prunable(p, m)]
+    total = sum(m.size for m in items)
+    return sum(int(m.sum()) for m in items) / total if total else 1.0
+
+
+# Compiled once per loss_fn (static, hashed by identity): a driver that prunes twice
+# with the same loss_fn (the method, then its inversion) compiles once.
+_snip_jit = jax.jit(scores_lib.snip, static_argnums=0)
+_grasp_jit = jax.jit(scores_lib.grasp, static_argnums=0, static_argnames=("prunable",))
+
+# One-shot pruning compiles to_density once (much cheaper than its eager ops); the
+# iterative loop runs it eagerly, where every op compiles once for all rounds, instead
+# of once per round's (static) density.
+_to_density_jit = jax.jit(
+    prune.to_density, static_argnames=("density", "scope", "distribution", "prunable")
+)
+
+
+# ----------------------------------------------------------------------------------
+# the loop
+
+
+def iterative_prune(
+    score_fn: ScoreFn,
+    mask: Mask,
+    *,
+    density: float,
+    rounds: int = 1,
+    schedule: str = "exponential",
+    scope: str = "global",
+    invert: bool = False,
+    prevent_collapse: bool = False,
+    prunable: Prunable = default_prunable,
+    callback: Callable[[int, float, Mask], None] | None = None,
+) -> Mask:
+    """Prunes ``mask`` to ``density`` over ``rounds`` rounds, re-scoring each round.
+
+    Round ``k = 1 ... n`` computes ``score_fn(mask, k)`` under the current mask and
+    prunes with :func:`lotto_jax.prune.to_density` to ``schedule_densities(...)[k-1]``
+    (exact counts: ``round(d * N)`` prunable weights kept globally, or per layer with
+    ``scope="layerwise"``; pruned weights never come back). Pass a jitted
+    ``score_fn``: the mask and round are arrays, so it compiles once.
+
+    Args:
+      score_fn: ``score_fn(mask, round) -> scores``.
+      mask: the starting mask (its density is the schedule's start).
+      density: final density of prunable weights, in (0, 1].
+      rounds: number of rounds ``n``.
+      schedule: ``"exponential"`` or ``"linear"``.
+      scope: ``"global"`` or ``"layerwise"``.
+      invert: keep the lowest scores instead (the inversion control).
+      prevent_collapse: when a round would empty a prunable layer, keep that
+        layer's highest-scoring weight (first of equal scores) among those kept
+        before the round; the network then keeps up to one weight per such layer
+        more than ``round(density * N)``.
+      prunable: which leaves are pruned.
+      callback: ``callback(round, target_density, mask)`` after each round.
+
+    Returns:
+      The final mask.
+
+    Raises:
+      ValueError: bad ``density``/``rounds``/``schedule``/``scope``, or non-finite
+        scores on kept weights.
+    """
+    density = _check_density(density)
+    rounds = _check_rounds(rounds)
+    _check_choice("schedule", schedule, SCHEDULES)
+    _check_choice("scope", scope, ("global", "layerwise"))
+    start = _density(mask, prunable)
+    targets = schedule_densities(density, rounds, schedule=schedule, start=max(start, density))
+    for k, target in enumerate(targets, start=1):
+        scores = score_fn(mask, jnp.asarray(k, jnp.int32))
+        if invert:
+            scores = jax.tree.map(jnp.negative, scores)
+        if rounds == 1:
+            _check_finite(scores, mask, prunable)
+            new = _to_density_jit(scores, mask, density=target, scope=scope,
+                                  prunable=prunable)
+        else:
+            new = prune.to_density(scores, mask, target, scope=scope, prunable=prunable)
+        if prevent_collapse:
+            new = _prevent_collapse(new, mask, scores, prunable)
+        mask = new
+        if callback is not None:
+            callback(k, target, mask)
+    return mask
+
+
+def _check_flow(scores: Scores, mask: Mask, prunable: Prunable, dtype) -> None:
+    """Raises if SynFlow's first scores underflowed to 0 or overflowed."""
+    kept = [(s[m], m) for _, s, m in _prunable_items(scores, mask, prunable)]
+    finite = all(np.all(np.isfinite(s)) for s, _ in kept)
+    positive = any(np.any(s > 0) for s, _ in kept)
+    if not finite or not positive:
+        what = "overflowed to inf/NaN" if not finite else "are all 0 (underflow?)"
+        raise ValueError(
+            f"dtype: the SynFlow scores {what} in {jnp.dtype(dtype or jnp.float32)}; "
+            "pass dtype=jnp.float64 or rescale=True"
+        )
+
+
+def synflow(
+    apply_fn: Callable[[Params, Any, jax.Array], Any],
+    params: Params,
+    mask: Mask | None = None,
+    input_shape: Sequence[int] | None = None,
+    *,
+    density: float,
+    rounds: int = 100,
+    schedule: str = "exponential",
+    scope: str = "global",
+    model_state: Any = None,
+    dtype: Any = None,
+    rescale: bool = False,
+    invert: bool = False,
+    prevent_collapse: bool = False,
+    prunable: Prunable = default_prunable,
+    callback: Callable[[int, float, Mask], None] | None = None,
+) -> Mask:
+    """Iterative SynFlow: ``rounds`` rounds of :func:`lotto_jax.scores.synflow_scores`
+    under the current mask, pruning to ``ρ^(k/n)`` at round ``k`` (exponential).
+
+    The score function is jitted once and reused every round (the mask is traced
+    data): one compilation for all rounds. With a 64-bit ``dtype`` the loop runs
+    inside ``jax.enable_x64(True)``. The first round checks that the scores neither
+    underflowed to 0 nor overflowed.
+
+    Args:
+      apply_fn: ``apply_fn(params, model_state, x) -> outputs``, in inference mode;
+        see :func:`lotto_jax.scores.synflow_scores` (BatchNorm statistics in
+        ``model_state`` are made non-negative there).
+      params: θ0.
+      mask: the starting mask (``None``: all prunable weights kept).
+      input_shape: one example's shape (no batch axis).
+      density: final density of prunable weights ``ρ`` in (0, 1].
+      rounds: ``n`` (100 in the paper).
+      schedule: ``"exponential"`` (the paper) or ``"linear"``.
+      scope: ``"global"`` (the paper) or ``"layerwise"``.
+      model_state: e.g. ``{"batch_stats": ...}``.
+      dtype: compute dtype; ``jnp.float64`` against underflow on deep nets.
+      rescale: per-layer rescaling against underflow (see ``synflow_scores``).
+      invert: the inversion control (keep the lowest scores each round).
+      prevent_collapse: see :func:`iterative_prune`.
+      prunable: which leaves are pruned.
+      callback: ``callback(round, target_density, mask)`` after each round.
+
+    Returns:
+      The mask.
+
+    Raises:
+      ValueError: missing ``input_shape``, bad ``density``/``rounds``, or scores
+        that underflowed/overflowed (naming ``dtype``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> params = {"a": jnp.ones((4, 3)), "b": jnp.ones((3, 2))}
+      >>> mask = synflow(lambda p, s, x: x @ p["a"] @ p["b"], params,
+      ...                input_shape=(4,), density=0.5, rounds=10)
+      >>> int(mask["a"].sum() + mask["b"].sum()), collapsed_layers(mask)
+      (9, [])
+
+    References:
+      Tanaka et al. 2020, arXiv:2006.05467.
+    """
+    if input_shape is None:
+        raise ValueError(
+            "input_shape: synflow needs the shape of one input example "
+            "(e.g. dataset.input_shape), got None"
+        )
+    if apply_fn is None:
+        raise ValueError("apply_fn: synflow needs apply_fn(params, model_state, x)")
+    density = _check_density(density)
+    rounds = _check_rounds(rounds)
+    mask = masks_lib.init(params, prunable) if mask is None else mask
+    masks_lib.validate(params, mask)
+    x64 = dtype is not None and jnp.dtype(dtype).itemsize == 8
+
+    def run() -> Mask:
+        @jax.jit
+        def score(p, state, m):
+            return scores_lib.synflow_scores(
+                apply_fn, p, m, input_shape, model_state=state, dtype=dtype,
+                rescale=rescale, prunable=prunable,
+            )
+
+        def score_fn(m, k):
+            s = score(params, model_state, m)
+            if int(k) == 1:
+                _check_flow(s, m, prunable, dtype)
+            return s
+
+        return iterative_prune(
+            score_fn, mask, density=density, rounds=rounds, schedule=schedule,
+            scope=scope, invert=invert, prevent_collapse=prevent_collapse,
+            prunable=prunable, callback=callback,
+        )
+
+    if x64 and not jax.config.jax_enable_x64:
+        with jax.enable_x64(True):
+            return run()
+    return run()
+
+
+def prune_at_init(
+    method: str,
+    *,
+    params: Params,
+    mask: Mask | None = None,
+    density: float,
+    scope: str = "global",
+    key: PRNGKey | None = None,
+    loss_fn: Callable[..., jax.Array] | None = None,
+    apply_fn: Callable[[Params, Any, jax.Array], Any] | None = None,
+    model_state: Any = None,
+    batches: Sequence[Any] | None = None,
+    input_shape: Sequence[int] | None = None,
+    rounds: int | None = None,
+    schedule: str = "exponential",
+    temperature: float = 200.0,
+    dtype: Any = None,
+    rescale: bool = False,
+    invert: bool = False,
+    prevent_collapse: bool = False,
+    prunable: Prunable = default_prunable,
+    callback: Callable[[int, float, Mask], None] | None = None,
+) -> Mask:
+    """Prunes θ0 to ``density`` of its prunable weights with a pruning-at-init method.
+
+    ========== ======================================= ============================
+    method     score (higher = keep)                   needs
+    ========== ======================================= ============================
+    random     i.i.d. N(0, 1)                          ``key``
+    magnitude  ``|θ0|``                                –
+    snip       ``|∂L/∂m|`` (:func:`scores.snip`)       ``loss_fn``, ``batches``
+    grasp      ``θ ⊙ Hg`` (:func:`scores.grasp`)       ``loss_fn``, ``batches``
+    synflow    ``|∂R/∂θ ⊙ θ|`` (:func:`synflow`)       ``apply_fn``, ``input_shape``
+    ========== ======================================= ============================
+
+    ``synflow`` iterates (``rounds=None`` means 100, the paper's setting); the others
+    are one-shot unless ``rounds > 1``, which re-scores under the current mask each
+    round with the same schedule (random draws a new key per round,
+    ``fold_in(key, k)``; magnitude then equals one shot). Scores are computed by
+    jitted functions: snip and grasp compile once per ``loss_fn`` object (reuse it
+    across calls, e.g. for the inversion control), synflow once per call for all its
+    rounds.
+
+    Args:
+      method: one of :data:`METHODS`.
+      params: θ0.
+      mask: the starting mask (``None``: all kept).
+      density: final fraction of prunable weights kept, in (0, 1].
+      scope: ``"global"`` (one threshold over all prunable layers; the papers'
+        setting) or ``"layerwise"`` (every layer at ``density``).
+      key: PRNG key of ``random``.
+      loss_fn: ``loss_fn(params, batch, temperature=1.0) -> scalar`` of the dense
+        network (``scores.cross_entropy(logits_fn)``); snip calls it without
+        ``temperature``.
+      apply_fn: ``apply_fn(params, model_state, x) -> outputs`` in inference mode
+        (synflow).
+      model_state: non-trained collections (``batch_stats``) for synflow; the
+        snip/grasp ``loss_fn`` closes over its own.
+      batches: labelled batches for snip/grasp (``scores.sample_batches``).
+      input_shape: one example's shape for synflow.
+      rounds: number of rounds (``None``: 100 for synflow, 1 otherwise).
+      schedule: ``"exponential"`` or ``"linear"`` density schedule.
+      temperature: GraSP's softmax temperature (200).
+      dtype: SynFlow's compute dtype (``jnp.float64`` against underflow).
+      rescale: SynFlow's per-layer rescaling.
+      invert: the inversion control: keep the lowest scores.
+      prevent_collapse: keep one weight (the highest-scoring) in any layer that
+        would be emptied; see :func:`iterative_prune`.
+      prunable: which leaves are pruned.
+      callback: ``callback(round, target_density, mask)`` after each round.
+
+    Returns:
+      The mask.
+
+    Raises:
+      ValueError: unknown ``method``/``scope``/``schedule``, ``density`` outside
+        (0, 1], bad ``rounds``, or a missing argument the method needs (the message
+        names it).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> params = {"w": jnp.array([[0.3, -0.1, 0.5, -0.2]])}
+      >>> prune_at_init("magnitude", params=params, density=0.5)["w"].tolist()
+      [[True, False, True, False]]
+      >>> prune_at_init("magnitude", params=params, density=0.5, invert=True)["w"].tolist()
+      [[False, True, False, True]]
+
+    References:
+      Frankle et al. 2021, arXiv:2009.08576; the method papers in the module doc.
+    """
+    _check_choice("method", method, METHODS)
+    density = _check_density(density)
+    _check_choice("scope", scope, ("global", "layerwise"))
+    _check_choice("schedule", schedule, SCHEDULES)
+    if rounds is None:
+        rounds = 100 if method == "synflow" else 1
+    rounds = _check_rounds(rounds)
+    start = masks_lib.init(params, prunable) if mask is None else mask
+    masks_lib.validate(params, start)
+    common_kw = dict(
+        density=density, rounds=rounds, schedule=schedule, scope=scope, invert=invert,
+        prevent_collapse=prevent_collapse, prunable=prunable, callback=callback,
+    )
+
+    if method == "synflow":
+        return synflow(
+            apply_fn, params, start, input_shape, model_state=model_state, dtype=dtype,
+            rescale=rescale, **common_kw,
+        )
+    if method == "random":
+        if key is None:
+            raise ValueError("key: method 'random' needs key= (a PRNG key)")
+
+        def score_fn(m, k):
+            if rounds == 1:
+                return scores_lib.random(params, key=key)
+            return scores_lib.random(params, key=jax.random.fold_in(key, k))
+    elif method == "magnitude":
+        magnitudes = scores_lib.magnitude(params)
+
+        def score_fn(m, k):
+            return magnitudes
+    else:
+        if loss_fn is None:
+            raise ValueError(f"loss_fn: method {method!r} needs loss_fn(params, batch)")
+        if batches is None:
+            raise ValueError(
+                f"batches: method {method!r} needs labelled batches "
+                "(scores.sample_batches)"
+            )
+        batches = scores_lib._check_batches(batches, method)
+
+        def score_fn(m, k):
+            if method == "snip":
+                return _snip_jit(loss_fn, params, m, batches)
+            return _grasp_jit(loss_fn, params, m, batches, temperature=temperature,
+                              prunable=prunable)
+
+    return iterative_prune(score_fn, start, **common_kw)
+
+
+# ----------------------------------------------------------------------------------
+# the driver
+
+
+@dataclasses.dataclass(frozen=True)
+class PaiConfig:
+    """Prune at initialisation, then train the sparse network and its controls.
+
+    Attributes:
+      run: model, data, seeds and training.
+      method: the pruning method: random, magnitude, snip, grasp or synflow.
+      density: fraction of prunable weights kept, in (0, 1].
+      scope: ``global`` (one threshold over all layers) or ``layerwise``.
+      controls: sanity checks trained beside the method: shuffle (layerwise
+        shuffle of the mask), reinit (same mask, fresh weights), invert (keep the
+        lowest scores).
+      pai_rounds: pruning rounds (default: 100 for synflow, 1 otherwise).
+      sample_per_class: labelled examples per class that snip and grasp score on
+        (10 in Synaptic-Flow's code; drawn at random from the training split).
+      prevent_collapse: keep the highest-scoring weight of any layer that pruning
+        would empty.
+      synflow_float64: compute SynFlow scores in float64 (against underflow on
+        deep networks).
+      out: output directory (config.json, results.json, masks/).
+    """
+
+    run: common.RunConfig = dataclasses.field(default_factory=common.RunConfig)
+    method: str = "synflow"
+    density: float = 0.1
+    scope: str = "global"
+    controls: tuple[str, ...] = ()
+    pai_rounds: int | None = None
+    sample_per_class: int = 10
+    prevent_collapse: bool = False
+    synflow_float64: bool = False
+    out: str = "runs/pai"
+
+    def __post_init__(self):
+        _check_choice("method", self.method, METHODS)
+        _check_density(self.density)
+        _check_choice("scope", self.scope, ("global", "layerwise"))
+        for c in self.controls:
+            _check_choice("controls", c, CONTROLS)
+        if len(set(self.controls)) != len(self.controls):
+            raise ValueError(f"controls: repeated entries in {self.controls}")
+        if self.pai_rounds is not None:
+            _check_rounds(self.pai_rounds)
+        if not isinstance(self.sample_per_class, int) or self.sample_per_class < 1:
+            raise ValueError(
+                f"sample_per_class: expected a positive int, got {self.sample_per_class!r}"
+            )
+
+
+def _layer_densities(mask: Mask) -> dict[str, float]:
+    return {r.path: r.density for r in masks_lib.summary(mask) if r.prunable}
+
+
+def _save_mask(path: str, mask: Mask) -> None:
+    import orbax.checkpoint as ocp
+
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(os.path.abspath(path), jax.tree.map(jnp.asarray, mask), force=True)
+    ckptr.wait_until_finished()
+    ckptr.close()
+
+
+def _print_table(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    table = Table(title=f"pruning at init: {results['method']} at density "
+                  f"{100 * results['density']:.2f}% ({results['scope']})")
+    for col in ("variant", "density", "collapsed", "final acc", "early-stop acc (step)",
+                "best acc"):
+        table.add_column(col, justify="left" if col in ("variant", "collapsed") else "right")
+    for name, r in results["variants"].items():
+        es = r["early_stop_test_accuracy"]
+        table.add_row(
+            name, pct(r["density"]), ", ".join(r["collapsed_layers"]) or "-",
+            pct(r["final_test_accuracy"]),
+            "-" if es is None else f"{pct(es)} ({r['early_stop_step']})",
+            pct(r["best_test_accuracy"]),
+        )
+    Console(file=sys.stdout).print(table)
+
+
+def main(config: PaiConfig) -> dict[str, Any]:
+    """Prunes θ0 with ``config.method``, trains it and each control, writes results.
+
+    Steps: ``common.prepare`` (dataset, model, θ0, the trainer, compiled once and
+    reused for every variant); the snip/grasp sample (``sample_per_class`` examples
+    per class drawn with ``fold_in(data_key, 1)``); :func:`prune_at_init`; the
+    controls (``shuffle`` with ``fold_in(key(seed), 2)``, ``reinit`` with
+    ``fold_in(key(seed), 3)``, ``invert`` re-running the method inverted); then
+    :func:`lotto_jax.train.fit` for each variant from its masked θ0.
+
+    Writes in ``config.out``: ``config.json``; ``results.json`` with, per variant,
+    the overall and per-layer densities, collapsed layers, final / early-stop /
+    best test accuracy and the curve; ``metrics_<variant>.jsonl``; and each mask
+    as an orbax checkpoint ``masks/<variant>`` (restore with
+    ``StandardCheckpointer().restore(path, jax.eval_shape(lambda: mask))``).
+
+    Args:
+      config: the run.
+
+    Returns:
+      The results dict written to ``results.json``.
+    """
+    c = config
+    out = c.out
+    os.makedirs(out, exist_ok=True)
+    common.write_config(c, out)
+    prep = common.prepare(c.run)
+    ds = prep.dataset
+    train_apply = train.classifier(prep.module)
+    params, model_state = prep.params, prep.model_state
+    seed_key = jax.random.key(c.run.seed)
+
+    def logits_fn(p, x):
+        return train_apply(p, model_state, x, False)[0]
+
+    def apply_fn(p, s, x):
+        return train_apply(p, s, x, False)[0]
+
+    batches = None
+    if c.method in ("snip", "grasp"):
+        batches = scores_lib.sample_batches(
+            ds.train.x, ds.train.y, key=jax.random.fold_in(prep.data_key, 1),
+            num_classes=ds.num_classes, per_class=c.sample_per_class,
+        )
+
+    loss_fn = scores_lib.cross_entropy(logits_fn)  # one object: one compilation
+
+    def pai(invert_scores: bool) -> Mask:
+        return prune_at_init(
+            c.method, params=params, density=c.density, scope=c.scope,
+            key=jax.random.fold_in(seed_key, 1), loss_fn=loss_fn, apply_fn=apply_fn,
+            model_state=model_state, batches=batches, input_shape=ds.input_shape,
+            rounds=c.pai_rounds, dtype=jnp.float64 if c.synflow_float64 else None,
+            invert=invert_scores, prevent_collapse=c.prevent_collapse,
+        )
+
+    mask = pai(False)
+    variants: list[tuple[str, str | None, Mask, Params, Any]] = [
+        (c.method, None, mask, params, model_state)
+    ]
+    for control in c.controls:
+        if control == "shuffle":
+            m = shuffle(mask, key=jax.random.fold_in(seed_key, 2))
+            variants.append((control, control, m, params, model_state))
+        elif control == "reinit":
+            fresh = reinit(prep.module, ds.input_shape, key=jax.random.fold_in(seed_key, 3))
+            state = {k: v for k, v in fresh.items() if k != "params"}
+            variants.append((control, control, mask, fresh["params"], state))
+        else:
+            variants.append((control, control, pai(True), params, model_state))
+
+    results: dict[str, Any] = {
+        "method": c.method, "density": c.density, "scope": c.scope, "variants": {},
+    }
+    for name, control, m, p, s in variants:
+        state = prep.trainer.init(masks_lib.apply(p, m), s)
+        metrics_path = os.path.join(out, f"metrics_{name}.jsonl")
+        if os.path.exists(metrics_path):
+            os.remove(metrics_path)
+        _, fit = train.fit(
+            prep.trainer, state, m, ds, data_key=prep.data_key,
+            metrics_path=metrics_path, description=name,
+        )
+        _save_mask(os.path.join(out, "masks", name), m)
+        results["variants"][name] = {
+            "control": control,
+            "density": masks_lib.density(m),
+            "layer_densities": _layer_densities(m),
+            "collapsed_layers": collapsed_layers(m),
+            "final_test_accuracy": fit.final_test_accuracy,
+            "early_stop_step": fit.early_stop_step,
+            "early_stop_test_accuracy": fit.early_stop_test_accuracy,
+            "best_test_accuracy": fit.best_test_accuracy,
+            "curve": [r._asdict() for r in fit.curve],
+        }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    _print_table(results)
+    return results
