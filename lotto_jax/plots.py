@@ -1,0 +1,207 @@
+"""The standard figures of the lottery-ticket papers, as PNG files.
+
+Every function takes *series*: ``{label: (x, y_mean, y_std_or_None)}``, draws one
+line per label (with a ±std band when ``y_std`` is given, e.g. over replicates) and
+writes a PNG. The IMP report (accuracy and early-stop iteration vs percent of weights
+remaining), pruning-at-initialisation reports (accuracy vs density per method) and
+supermask reports (accuracy vs fraction of weights kept) all go through
+:func:`metric_vs_density`; training curves through :func:`curves`. Use
+:func:`mean_std` to turn per-point values that may carry a replicate axis into
+``(mean, std)``.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot, no global state,
+no display needed).
+
+References:
+  Frankle & Carbin 2019, "The Lottery Ticket Hypothesis", arXiv:1803.03635
+  (Figures 3 and 4: log x axis, sparsity growing to the right).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Series",
+    "accuracy_vs_density",
+    "curves",
+    "early_stop_vs_density",
+    "mean_std",
+    "metric_vs_density",
+]
+
+Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
+"""``(x, y_mean, y_std or None)`` of one line."""
+
+
+def mean_std(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-point mean and std of values that may carry a replicate axis.
+
+    Args:
+      values: one entry per point: a number, or a sequence over replicates.
+        ``None`` entries become NaN (not drawn).
+
+    Returns:
+      ``(mean, std)`` arrays over the points; ``std`` is ``None`` when no entry has
+      more than one replicate.
+
+    Examples:
+      >>> mean_std([1.0, 2.0])
+      (array([1., 2.]), None)
+      >>> m, s = mean_std([[1.0, 3.0], [2.0, 2.0]])
+      >>> m.tolist(), s.tolist()
+      ([2.0, 2.0], [1.0, 0.0])
+    """
+    rows = [np.atleast_1d(np.asarray(np.nan if v is None else v, float)) for v in values]
+    mean = np.array([r.mean() for r in rows])
+    if all(r.size <= 1 for r in rows):
+        return mean, None
+    return mean, np.array([r.std() for r in rows])
+
+
+def _figure(title: str | None):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig, ax
+
+
+def _draw(ax, series: Mapping[str, Series], *, marker: str = "o") -> None:
+    if not series:
+        raise ValueError("series: nothing to plot")
+    for label, (x, y, std) in series.items():
+        x, y = np.asarray(x, float), np.asarray(y, float)
+        if x.shape != y.shape:
+            raise ValueError(
+                f"series[{label!r}]: x has shape {x.shape} but y_mean has {y.shape}"
+            )
+        (line,) = ax.plot(x, y, marker=marker, markersize=4, label=label)
+        if std is not None:
+            s = np.asarray(std, float)
+            if s.shape != y.shape:
+                raise ValueError(
+                    f"series[{label!r}]: y_std has shape {s.shape}, y_mean {y.shape}"
+                )
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2)
+    if len(series) > 1:
+        ax.legend()
+
+
+def _save(fig, path: str) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path
+
+
+def metric_vs_density(
+    series: Mapping[str, Series],
+    path: str,
+    *,
+    xlabel: str = "Percent of weights remaining",
+    ylabel: str = "Test accuracy (%)",
+    title: str | None = None,
+    log_x: bool = True,
+    reverse_x: bool = True,
+) -> str:
+    """Draws a metric against the percent of weights remaining.
+
+    Like Frankle & Carbin 2019's figures: a log x axis, reversed so sparsity grows
+    to the right, ticks at the measured densities.
+
+    Args:
+      series: ``{label: (percent_remaining, y_mean, y_std or None)}``.
+      path: the PNG file to write (parent directories are created).
+      xlabel: x axis label.
+      ylabel: y axis label.
+      title: optional title.
+      log_x: logarithmic x axis.
+      reverse_x: largest density on the left.
+
+    Returns:
+      ``path``.
+
+    Raises:
+      ValueError: empty ``series`` or mismatched lengths (naming the label).
+    """
+    fig, ax = _figure(title)
+    _draw(ax, series)
+    xs = np.unique(np.concatenate([np.asarray(s[0], float) for s in series.values()]))
+    if log_x and np.all(xs > 0):
+        ax.set_xscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x:.3g}" for x in xs], rotation=45, fontsize=7)
+        ax.minorticks_off()
+    if reverse_x:
+        ax.invert_xaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _save(fig, path)
+
+
+def accuracy_vs_density(
+    series: Mapping[str, Series],
+    path: str,
+    *,
+    xlabel: str = "Percent of weights remaining",
+    ylabel: str = "Test accuracy (%)",
+    title: str | None = None,
+) -> str:
+    """Test accuracy vs percent of weights remaining (trunk, controls, methods).
+
+    For supermask reports pass ``xlabel="Percent of weights kept"``. See
+    :func:`metric_vs_density` for the arguments.
+    """
+    return metric_vs_density(series, path, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def early_stop_vs_density(
+    series: Mapping[str, Series],
+    path: str,
+    *,
+    xlabel: str = "Percent of weights remaining",
+    ylabel: str = "Early-stop iteration",
+    title: str | None = None,
+) -> str:
+    """Early-stop iteration (step of minimum validation loss) vs weights remaining.
+
+    See :func:`metric_vs_density` for the arguments.
+    """
+    return metric_vs_density(series, path, xlabel=xlabel, ylabel=ylabel, title=title)
+
+
+def curves(
+    series: Mapping[str, Series],
+    path: str,
+    *,
+    xlabel: str = "Training iteration",
+    ylabel: str = "Test accuracy (%)",
+    title: str | None = None,
+) -> str:
+    """Metric vs training iteration, one line per label (e.g. per round).
+
+    Args:
+      series: ``{label: (steps, y_mean, y_std or None)}``.
+      path: the PNG file to write.
+      xlabel: x axis label.
+      ylabel: y axis label.
+      title: optional title.
+
+    Returns:
+      ``path``.
+    """
+    fig, ax = _figure(title)
+    _draw(ax, series, marker="")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return _save(fig, path)

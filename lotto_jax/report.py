@@ -1,0 +1,239 @@
+"""``lotto report``: the table and figures of a finished (or running) IMP run.
+
+:func:`load_run` reads a run directory (:mod:`lotto_jax.store` layout): the config and
+the ``metrics.json`` of every finished round and control round. :func:`table` turns it
+into rows (round, % weights remaining, final test accuracy, early-stop iteration, test
+accuracy there, best test accuracy, and final/best accuracy of each control);
+:func:`figures` writes the PNGs of :mod:`lotto_jax.plots`. Metrics that carry a
+replicate axis (lists) are shown as mean ± std and drawn with a ±std band.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import re
+from typing import Any, NamedTuple
+
+import numpy as np
+import tyro
+
+from lotto_jax import plots
+
+__all__ = [
+    "Report",
+    "ReportConfig",
+    "RunData",
+    "figures",
+    "format_table",
+    "load_run",
+    "main",
+    "print_table",
+    "table",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """Which run to report on: ``lotto report runs/imp``.
+
+    Attributes:
+      dir: the run directory (positional on the command line).
+      figures: where to write the PNGs; default ``DIR/figures``.
+    """
+
+    dir: tyro.conf.Positional[str] = "runs/imp"
+    figures: str | None = None
+
+
+class RunData(NamedTuple):
+    """A run's config and finished metrics.
+
+    Attributes:
+      directory: the run directory.
+      config: ``config.json`` (empty if absent).
+      rounds: the trunk's ``metrics.json`` records, in round order.
+      controls: control name -> its records in round order.
+    """
+
+    directory: str
+    config: dict[str, Any]
+    rounds: list[dict[str, Any]]
+    controls: dict[str, list[dict[str, Any]]]
+
+
+class Report(NamedTuple):
+    """What :func:`main` produced: the data, the table as text, the PNG paths."""
+
+    run: RunData
+    table: str
+    figures: list[str]
+
+
+_ROUND = re.compile(r"round_(\d+)$")
+
+
+def _records(directory: str) -> list[dict[str, Any]]:
+    out = []
+    for path in glob.glob(os.path.join(directory, "round_*", "metrics.json")):
+        match = _ROUND.search(os.path.dirname(path))
+        if not match:
+            continue
+        with open(path) as f:
+            rec = json.load(f)
+        rec.setdefault("round", int(match.group(1)))
+        out.append(rec)
+    return sorted(out, key=lambda r: r["round"])
+
+
+def load_run(directory: str) -> RunData:
+    """Reads the config and the finished rounds' metrics of a run directory.
+
+    Args:
+      directory: a run directory written by :func:`lotto_jax.imp.run_imp`.
+
+    Returns:
+      A :class:`RunData`.
+
+    Raises:
+      FileNotFoundError: ``directory`` has no finished round.
+    """
+    rounds = _records(directory)
+    if not rounds:
+        raise FileNotFoundError(
+            f"{directory}: no finished round (no round_*/metrics.json); "
+            "is this an IMP run directory?"
+        )
+    config_path = os.path.join(directory, "config.json")
+    config = {}
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            config = json.load(f)
+    controls = {}
+    order = ("reinit", "shuffle", "random")  # lotto_jax.imp.CONTROLS
+    found = glob.glob(os.path.join(directory, "controls", "*"))
+    rank = lambda p: (order.index(b) if (b := os.path.basename(p)) in order else 9, b)  # noqa: E731
+    for path in sorted(found, key=rank):
+        recs = _records(path)
+        if recs:
+            controls[os.path.basename(path)] = recs
+    return RunData(os.path.abspath(directory), config, rounds, controls)
+
+
+def _fmt(value: Any, *, scale: float = 1.0, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    a = np.asarray(value, float) * scale
+    if a.ndim == 0 or a.size == 1:
+        return f"{float(a.reshape(())):.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
+
+
+def table(run: RunData) -> tuple[list[str], list[list[str]]]:
+    """The report table as ``(header, rows)`` of strings.
+
+    Columns: round, % of weights remaining, final test accuracy (%), early-stop
+    step ("ES": the evaluated step of minimum validation loss), test accuracy at
+    early stop (%), best test accuracy (%), then for each
+    control its final and best test accuracy (%); ``-`` where absent. Replicated
+    metrics are shown as ``mean ± std``.
+    """
+    header = ["round", "% weights", "final acc", "ES step", "acc @ ES", "best acc"]
+    for name in run.controls:
+        header += [f"{name} final", f"{name} best"]
+    by_round = {name: {r["round"]: r for r in recs} for name, recs in run.controls.items()}
+    rows = []
+    for rec in run.rounds:
+        row = [
+            str(rec["round"]),
+            f"{100 * rec['density']:.2f}",
+            _fmt(rec["final_test_accuracy"], scale=100),
+            _fmt(rec["early_stop_step"], digits=0),
+            _fmt(rec["early_stop_test_accuracy"], scale=100),
+            _fmt(rec["best_test_accuracy"], scale=100),
+        ]
+        for name in run.controls:
+            c = by_round[name].get(rec["round"])
+            row += [_fmt(c and c["final_test_accuracy"], scale=100),
+                    _fmt(c and c["best_test_accuracy"], scale=100)]
+        rows.append(row)
+    return header, rows
+
+
+def format_table(run: RunData) -> str:
+    """The table as aligned plain text."""
+    header, rows = table(run)
+    widths = [max(len(x) for x in col) for col in zip(header, *rows, strict=True)]
+    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def print_table(run: RunData) -> None:
+    """Prints the table with rich (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = table(run)
+    t = Table(title=f"IMP: {run.directory}")
+    for h in header:
+        t.add_column(h, justify="right")
+    for r in rows:
+        t.add_row(*r)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(120, 14 * len(header)))
+    console.print(t)
+
+
+def _series(records, key, *, scale=1.0):
+    recs = [r for r in records if r.get(key) is not None]
+    if not recs:
+        return None
+    x = [100 * r["density"] for r in recs]
+    mean, std = plots.mean_std([r[key] for r in recs])
+    return x, mean * scale, None if std is None else std * scale
+
+
+def figures(run: RunData, directory: str) -> list[str]:
+    """Writes the report's PNGs into ``directory``; returns their paths.
+
+    ``accuracy.png`` (final test accuracy vs % weights remaining, trunk and
+    controls), ``best_accuracy.png``, ``early_stop.png`` (early-stop iteration) and
+    ``early_stop_accuracy.png`` when there is a validation split, and
+    ``curves.png`` (the trunk's test accuracy during training, one line per round).
+    """
+    out = []
+    groups = {"IMP": run.rounds, **run.controls}
+    for key, name in (("final_test_accuracy", "accuracy.png"),
+                      ("best_test_accuracy", "best_accuracy.png"),
+                      ("early_stop_test_accuracy", "early_stop_accuracy.png")):
+        series = {k: s for k, recs in groups.items()
+                  if (s := _series(recs, key, scale=100)) is not None}
+        if series:
+            ylabel = {"final_test_accuracy": "Final test accuracy (%)",
+                      "best_test_accuracy": "Best test accuracy (%)",
+                      "early_stop_test_accuracy": "Test accuracy at early stop (%)"}[key]
+            out.append(plots.accuracy_vs_density(
+                series, os.path.join(directory, name), ylabel=ylabel))
+    series = {k: s for k, recs in groups.items()
+              if (s := _series(recs, "early_stop_step")) is not None}
+    if series:
+        out.append(plots.early_stop_vs_density(series, os.path.join(directory, "early_stop.png")))
+    curves = {}
+    for rec in run.rounds:
+        steps = [c["step"] for c in rec["curve"]]
+        mean, std = plots.mean_std([c["test_accuracy"] for c in rec["curve"]])
+        curves[f"{100 * rec['density']:.1f}%"] = (
+            steps, 100 * mean, None if std is None else 100 * std)
+    out.append(plots.curves(curves, os.path.join(directory, "curves.png")))
+    return out
+
+
+def main(config: ReportConfig) -> Report:
+    """Prints the table of ``config.dir`` and writes its figures."""
+    run = load_run(config.dir)
+    print_table(run)
+    paths = figures(run, config.figures or os.path.join(config.dir, "figures"))
+    return Report(run, format_table(run), paths)

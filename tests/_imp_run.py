@@ -1,0 +1,95 @@
+"""A tiny IMP run shared by tests/test_imp.py and its kill-and-resume subprocess.
+
+As a script: ``python tests/_imp_run.py DIR DATA.npz [--pause-in round_001]`` runs
+IMP into ``DIR`` on the dataset saved by :func:`save_dataset` (the very arrays of the
+calling test, and no time spent generating MNIST-1D again); with ``--pause-in
+PREFIX`` it sleeps after every mid-run checkpoint of that round, so the test can
+SIGKILL it at a known point (a checkpoint exists, the round is unfinished). It prints
+``fit NAME from STEP`` for every training it starts and ``done`` at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import jax
+import numpy as np
+
+from lotto_jax import data, imp, models, train
+
+STEPS, EVAL_EVERY = 30, 10
+FRACTION, OUTPUT_FRACTION = 0.2, 0.1
+
+
+def setup(dataset: data.Dataset | None = None):
+    """``(dataset, module, params0, trainer, init_fn)`` of the tiny problem.
+
+    Validation and test have the same size (1000): one compiled evaluation.
+    """
+    dataset = dataset or data.load("mnist1d", validation=1000)
+    module = models.build("mlp", features=(32,))
+    params0 = models.init(module, jax.random.key(0), dataset.input_shape)["params"]
+    config = train.TrainConfig(
+        steps=STEPS, eval_every=EVAL_EVERY, batch_size=32, optimizer="adam", lr=1e-2,
+        schedule="cosine",
+    )
+    trainer = train.make_trainer(
+        train.classifier(module), config, num_train=dataset.train.x.shape[0]
+    )
+
+    def init_fn(key):
+        return models.init(module, key, dataset.input_shape)["params"], {}
+
+    return dataset, module, params0, trainer, init_fn
+
+
+def run(trainer, params0, dataset, init_fn, *, store, rounds=2, controls=("shuffle",),
+        rewind="init", save_every=20):
+    return imp.run_imp(
+        trainer, params0, {}, dataset, rounds=rounds, fraction=FRACTION,
+        scope="layerwise", layer_fractions={"^output/": OUTPUT_FRACTION},
+        rewind=rewind, controls=controls, data_key=jax.random.key(1),
+        key=jax.random.key(2), store=store, init_fn=init_fn, save_every=save_every,
+        progress=False,
+    )
+
+
+def save_dataset(dataset: data.Dataset, path: str) -> None:
+    np.savez(path, **{f"{split}_{k}": getattr(getattr(dataset, split), k)
+                      for split in ("train", "validation", "test") for k in "xy"})
+
+
+def load_dataset(path: str) -> data.Dataset:
+    with np.load(path) as f:
+        split = {s: data.Split(f[f"{s}_x"], f[f"{s}_y"])
+                 for s in ("train", "validation", "test")}
+    return data.Dataset(name="mnist1d", input_shape=(40,), num_classes=10,
+                        normalization={"mean": [0.0], "std": [1.0]}, **split)
+
+
+if __name__ == "__main__":
+    directory, data_path = sys.argv[1], sys.argv[2]
+    if "--pause-in" in sys.argv:
+        from lotto_jax.store import RunStore
+
+        pause_prefix = sys.argv[sys.argv.index("--pause-in") + 1]
+        save_step = RunStore.save_step
+
+        def paused(self, prefix, step, tree, **kw):
+            save_step(self, prefix, step, tree, **kw)
+            if prefix == pause_prefix:
+                print(f"checkpoint {prefix} {step}", flush=True)
+                time.sleep(600)
+
+        RunStore.save_step = paused
+    fit = train.fit
+
+    def logged_fit(trainer, state, *args, **kw):
+        print(f"fit {kw['description'].split(' (')[0]} from {int(state.step)}", flush=True)
+        return fit(trainer, state, *args, **kw)
+
+    train.fit = logged_fit
+    dataset, _, params0, trainer, init_fn = setup(load_dataset(data_path))
+    run(trainer, params0, dataset, init_fn, store=directory)
+    print("done", flush=True)

@@ -1,0 +1,435 @@
+"""Tests for lotto_jax.imp: counts, rewinding, controls, one compile, resume.
+
+The tiny problem (tests/_imp_run.py): an MLP 40-32-10 on MNIST-1D, 30 steps of Adam
+with a cosine schedule, evaluation every 10 steps, 20 % per round (10 % for the
+output layer). Independent truths: integer count arithmetic for the densities, the
+θ0 / θK / θT we compute here (θK by our own call to ``train.fit``), the schedule
+function for fine-tuning, and an uninterrupted run for the kill-and-resume test.
+"""
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import _imp_run as tiny
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from lotto_jax import imp, masks, train
+from lotto_jax.store import ConfigMismatchError, CorruptCheckpointError, RunStore
+
+HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
+LAYERS = {"Dense_0/kernel": 40 * 32, "output/kernel": 32 * 10}
+
+
+# ----------------------------------------------------------------------------------
+# fixtures
+
+
+def host(tree):
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+class FitSpy:
+    """Wraps train.fit; records each call's start state, mask and end params."""
+
+    def __init__(self):
+        self.calls = []
+        self.real = train.fit
+
+    def __call__(self, trainer, state, mask, dataset, **kw):
+        rec = {"description": kw.get("description"), "step": int(state.step),
+               "params": host(state.params), "mask": host(mask),
+               "hold_lr": kw.get("hold_lr", -1), "until": kw.get("until")}
+        state, result = self.real(trainer, state, mask, dataset, **kw)
+        rec["final"] = host(state.params)
+        self.calls.append(rec)
+        return state, result
+
+    def trained(self, prefix):
+        """Calls whose description starts with ``prefix`` (e.g. 'round 2/')."""
+        return [c for c in self.calls if c["description"].startswith(prefix)]
+
+
+def run_spied(monkeypatch_ctx, fn, *args, **kw):
+    spy = FitSpy()
+    monkeypatch_ctx.setattr(train, "fit", spy)
+    try:
+        return fn(*args, **kw), spy
+    finally:
+        monkeypatch_ctx.setattr(train, "fit", spy.real)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny.setup()
+
+
+@pytest.fixture(scope="module")
+def init_run(setup, tmp_path_factory):
+    """rewind=init with the shuffle control, then rerun adding reinit and random."""
+    dataset, _, params0, trainer, init_fn = setup
+    d = str(tmp_path_factory.mktemp("imp") / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        first, spy1 = run_spied(mp, tiny.run, trainer, params0, dataset, init_fn,
+                                store=d, controls=("shuffle",))
+        kept = sorted(glob.glob(os.path.join(d, "round_*", "**"), recursive=True)
+                      + glob.glob(os.path.join(d, "controls", "shuffle", "**"),
+                                  recursive=True)
+                      + [os.path.join(d, "init.manifest.json")])
+        mtimes = {p: os.stat(p).st_mtime_ns for p in kept if os.path.isfile(p)}
+        time.sleep(0.01)
+        second, spy2 = run_spied(mp, tiny.run, trainer, params0, dataset, init_fn,
+                                 store=d, controls=imp.CONTROLS)
+    return {"dir": d, "first": first, "spy1": spy1, "result": second, "spy2": spy2,
+            "mtimes": mtimes, "params0": params0, "trainer": trainer, "dataset": dataset}
+
+
+def assert_trees_equal(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def trees_equal(a, b):
+    return all(np.array_equal(np.asarray(x), np.asarray(y))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def kept_counts(mask):
+    return {masks.path_str(p): int(np.asarray(m).sum())
+            for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
+            if np.ndim(m) >= 2}
+
+
+# ----------------------------------------------------------------------------------
+# counts
+
+
+def expected_kept(rounds):
+    """Per-layer kept counts by integer arithmetic: remove floor(k*f + 1/2)."""
+    out = []
+    kept = dict(LAYERS)
+    for _ in range(rounds + 1):
+        out.append(dict(kept))
+        for name, k in kept.items():
+            num, den = (1, 10) if name.startswith("output/") else (1, 5)
+            kept[name] = k - (2 * k * num + den) // (2 * den)  # floor(k*f + 1/2)
+    return out
+
+
+def test_density_follows_exact_count_arithmetic(init_run):
+    res = init_run["result"]
+    expected = expected_kept(2)
+    assert expected[1] == {"Dense_0/kernel": 1024, "output/kernel": 288}
+    assert expected[2] == {"Dense_0/kernel": 819, "output/kernel": 259}
+    for r, rnd in enumerate(res.rounds):
+        assert kept_counts(rnd.mask) == expected[r]
+        layers = {k: v["kept"] for k, v in rnd.metrics["layers"].items()}
+        assert layers == expected[r]
+        total = sum(expected[r].values())
+        assert rnd.density == total / sum(LAYERS.values())
+        # biases are never pruned
+        assert bool(rnd.mask["Dense_0"]["bias"].all()) and bool(rnd.mask["output"]["bias"].all())
+        # pruning only removes: each mask is inside the previous one
+        if r:
+            prev = res.rounds[r - 1].mask
+            assert all(not np.any(np.asarray(m) & ~np.asarray(p))
+                       for m, p in zip(jax.tree.leaves(rnd.mask), jax.tree.leaves(prev), strict=True))
+    # the masks are the magnitude ranking of the previous round's trained weights
+    spy = init_run["spy1"]
+    for r in (1, 2):
+        theta_t = spy.trained(f"round {r - 1}/")[-1]["final"]
+        k = expected[r]["Dense_0/kernel"]
+        w = np.abs(theta_t["Dense_0"]["kernel"]).ravel()
+        top = np.zeros(w.size, bool)
+        prev_kept = np.asarray(res.rounds[r - 1].mask["Dense_0"]["kernel"]).ravel()
+        order = np.lexsort((np.arange(w.size), np.where(prev_kept, w, -1.0)))
+        top[order[-k:]] = True
+        np.testing.assert_array_equal(
+            np.asarray(res.rounds[r].mask["Dense_0"]["kernel"]).ravel(), top)
+
+
+# ----------------------------------------------------------------------------------
+# rewinding
+
+
+def test_rewind_init_starts_from_theta0_masked(init_run):
+    spy, res, params0 = init_run["spy1"], init_run["result"], init_run["params0"]
+    for r in range(3):
+        (call,) = spy.trained(f"round {r}/")
+        assert call["step"] == 0 and call["hold_lr"] == -1
+        assert_trees_equal(call["mask"], res.rounds[r].mask)
+        assert_trees_equal(call["params"], masks.apply(params0, res.rounds[r].mask))
+    # the trunk's curve replays the cosine schedule from step 0
+    lrs = [c["lr"] for c in res.rounds[2].metrics["curve"]]
+    assert lrs[0] == pytest.approx(1e-2) and lrs[-1] < 1e-3
+
+
+def test_rewind_to_step_k(setup, tmp_path):
+    dataset, _, params0, trainer, init_fn = setup
+    d = str(tmp_path / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        res, spy = run_spied(mp, tiny.run, trainer, params0, dataset, init_fn,
+                             store=d, rounds=1, controls=("reinit",), rewind="step:10")
+    # θK by our own dense run from θ0 to step 10.
+    dense = masks.init(params0)
+    state, _ = train.fit(trainer, trainer.init(host(params0)), dense, dataset,
+                         data_key=jax.random.key(1), until=10, progress=False)
+    theta_k = host(state.params)
+    state, _ = train.fit(trainer, state, dense, dataset, data_key=jax.random.key(1),
+                         progress=False)
+    theta_t0 = host(state.params)
+    # round 0: paused at K, then finished: the same trajectory as one dense run
+    r0 = spy.trained("round 0/")
+    assert [c["until"] for c in r0] == [10, None]
+    assert_trees_equal(r0[-1]["final"], theta_t0)
+    # round 1 starts at step K from θK ⊙ m1
+    (r1,) = spy.trained("round 1/")
+    assert r1["step"] == 10
+    assert_trees_equal(r1["params"], masks.apply(theta_k, res.rounds[1].mask))
+    assert res.rounds[1].metrics["curve"][0]["step"] == 20  # T - K steps trained
+    # θK is in the store, readable by plain orbax
+    stored = ocp.StandardCheckpointer().restore(os.path.join(d, "rewind"))
+    assert_trees_equal(stored["params"], theta_k)
+    # reinit: the same mask, fresh weights, from step K too
+    (c1,) = spy.trained("reinit 1/")
+    assert c1["step"] == 10
+    assert_trees_equal(c1["mask"], res.rounds[1].mask)
+    fresh = ocp.StandardCheckpointer().restore(os.path.join(d, "controls/reinit/round_001/init"))
+    assert_trees_equal(c1["params"], masks.apply(fresh["params"], res.rounds[1].mask))
+    assert not trees_equal(c1["params"], r1["params"])
+
+
+def test_lr_rewinding_and_finetuning(setup):
+    dataset, _, params0, trainer, init_fn = setup
+    lr_final = float(trainer.lr_fn(tiny.STEPS - 1))
+    for rewind in ("lr", "finetune"):
+        with pytest.MonkeyPatch.context() as mp:
+            res, spy = run_spied(mp, tiny.run, trainer, params0, dataset, init_fn,
+                                 store=None, rounds=2, controls=(), rewind=rewind)
+        for r in (1, 2):
+            (prev,) = spy.trained(f"round {r - 1}/")
+            (call,) = spy.trained(f"round {r}/")
+            assert call["step"] == 0
+            assert_trees_equal(call["params"], masks.apply(prev["final"], res.rounds[r].mask))
+            lrs = [c["lr"] for c in res.rounds[r].metrics["curve"]]
+            if rewind == "lr":
+                assert call["hold_lr"] == -1
+                # recorded at the eval steps 0, 10, 20, 30: the replayed schedule
+                assert lrs == [float(trainer.lr_fn(s)) for s in (0, 10, 20, 30)]
+            else:
+                assert call["hold_lr"] == tiny.STEPS - 1
+                assert lrs == [lr_final] * len(lrs) and lr_final < 1e-3
+        # the dense round follows the schedule in both modes
+        assert res.rounds[0].metrics["curve"][0]["lr"] == pytest.approx(1e-2)
+
+
+# ----------------------------------------------------------------------------------
+# controls
+
+
+def test_controls_masks_and_weights(init_run):
+    res, spy, params0 = init_run["result"], init_run["spy2"], init_run["params0"]
+    d = init_run["dir"]
+    for r in (1, 2):
+        trunk = res.rounds[r].mask
+        ctrl = {c: res.controls[c][r - 1] for c in imp.CONTROLS}
+        assert all(cr.round == r for cr in ctrl.values())
+        # reinit: the trunk's mask, other initial weights
+        assert_trees_equal(ctrl["reinit"].mask, trunk)
+        (call,) = spy.trained(f"reinit {r}/")
+        assert call["step"] == 0
+        fresh = ocp.StandardCheckpointer().restore(
+            os.path.join(d, f"controls/reinit/round_{r:03d}/init"))
+        assert_trees_equal(call["params"], masks.apply(fresh["params"], trunk))
+        assert not trees_equal(fresh["params"], params0)
+        assert not np.allclose(call["params"]["Dense_0"]["kernel"],
+                               masks.apply(params0, trunk)["Dense_0"]["kernel"])
+        # shuffle / random: the trunk's per-layer counts, another mask
+        for c in ("shuffle", "random"):
+            m = ctrl[c].mask
+            assert kept_counts(m) == kept_counts(trunk)
+            assert ctrl[c].metrics["layers"] == res.rounds[r].metrics["layers"]
+            for name in ("Dense_0", "output"):
+                assert not np.array_equal(m[name]["kernel"], trunk[name]["kernel"])
+                assert bool(np.all(m[name]["bias"]))
+            # trained from the trunk's rewind point θ0, under the control's mask
+            calls = (init_run["spy1"] if c == "shuffle" else spy).trained(f"{c} {r}/")
+            assert_trees_equal(calls[0]["params"], masks.apply(params0, m))
+        assert not trees_equal(ctrl["shuffle"].mask, ctrl["random"].mask)
+    # the store holds each control under its own name
+    for c in imp.CONTROLS:
+        for r in (1, 2):
+            assert os.path.exists(os.path.join(d, f"controls/{c}/round_{r:03d}/metrics.json"))
+
+
+def test_random_mask_counts_and_independence():
+    m = {"a": np.arange(60).reshape(6, 10) % 3 == 0, "b": np.ones(5, bool)}
+    keys = jax.random.split(jax.random.key(0), 300)
+    draws = jax.jit(jax.vmap(lambda k: imp.random_mask(m, k)))(keys)
+    assert np.all(np.asarray(draws["a"]).sum((1, 2)) == 20)
+    assert bool(np.all(draws["b"]))
+    # every position is kept with probability 1/3 (a uniform subset of size 20)
+    freq = np.asarray(draws["a"]).mean(0)
+    assert np.all(np.abs(freq - 1 / 3) < 0.13)
+    assert len({np.asarray(a).tobytes() for a in draws["a"]}) == 300
+
+
+def test_adding_controls_does_not_retrain_the_trunk(init_run):
+    spy2 = init_run["spy2"]
+    described = sorted({c["description"].split()[0] for c in spy2.calls})
+    assert described == ["random", "reinit"]
+    assert len(spy2.calls) == 4  # 2 controls x rounds 1, 2
+    for path, mtime in init_run["mtimes"].items():
+        assert os.stat(path).st_mtime_ns == mtime, path
+    first, second = init_run["first"], init_run["result"]
+    for a, b in zip(first.rounds, second.rounds, strict=True):
+        assert a.metrics == b.metrics
+    assert [c.metrics for c in first.controls["shuffle"]] == \
+        [c.metrics for c in second.controls["shuffle"]]
+
+
+def test_one_compile_across_rounds_controls_and_resume(init_run, setup, tmp_path):
+    """The train chunk is traced once for every round, control and resumed state."""
+    trainer = init_run["trainer"]
+    dataset, _, params0, _, init_fn = setup
+    d = str(tmp_path / "crash")
+
+    class Crash(Exception):
+        pass
+
+    save_step = RunStore.save_step
+
+    def crashing(self, prefix, step, tree, **kw):
+        save_step(self, prefix, step, tree, **kw)
+        if prefix == "controls/shuffle/round_002":
+            raise Crash(prefix)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunStore, "save_step", crashing)
+        with pytest.raises(Crash):
+            tiny.run(trainer, params0, dataset, init_fn, store=d)
+    assert glob.glob(os.path.join(d, "controls/shuffle/round_002/checkpoints/*.manifest.json"))
+    with pytest.MonkeyPatch.context() as mp:
+        resumed, spy = run_spied(mp, tiny.run, trainer, params0, dataset, init_fn, store=d)
+    # only the unfinished control ran again, from its checkpoint at step 20
+    assert [(c["description"].split(" (")[0], c["step"]) for c in spy.calls] == \
+        [("shuffle 2/2", 20)]
+    ref = init_run["first"]
+    for a, b in zip(ref.rounds, resumed.rounds, strict=True):
+        assert_trees_equal(a.mask, b.mask)
+    assert_trees_equal(ref.controls["shuffle"][1].mask, resumed.controls["shuffle"][1].mask)
+    assert ref.controls["shuffle"][1].metrics == resumed.controls["shuffle"][1].metrics
+    assert not os.path.exists(os.path.join(d, "controls/shuffle/round_002/checkpoints"))
+    assert trainer._train_chunk._cache_size() == 1
+
+
+# ----------------------------------------------------------------------------------
+# the store: refusal, corruption, kill and resume
+
+
+def test_changed_arguments_are_refused(init_run, setup):
+    dataset, _, params0, trainer, _ = setup
+    with pytest.raises(ConfigMismatchError, match=r"fraction: 0\.2 -> 0\.3"):
+        imp.run_imp(trainer, params0, {}, dataset, rounds=2, fraction=0.3,
+                    layer_fractions={"^output/": 0.1}, data_key=jax.random.key(1),
+                    key=jax.random.key(2), store=init_run["dir"])
+
+
+def test_corrupt_mask_is_reported_not_loaded(init_run, setup, tmp_path):
+    dataset, _, params0, trainer, init_fn = setup
+    d = str(tmp_path / "copy")
+    shutil.copytree(init_run["dir"], d)
+    victims = glob.glob(os.path.join(d, "round_002", "mask", "**", "d", "*"), recursive=True)
+    victim = sorted(v for v in victims if os.path.isfile(v))[0]
+    with open(victim, "r+b") as f:
+        f.seek(0)
+        f.write(b"\xde\xad\xbe\xef")
+    with pytest.raises(CorruptCheckpointError, match=victim):
+        tiny.run(trainer, params0, dataset, init_fn, store=d)
+    # a finished round that lost its weights is reported too
+    shutil.rmtree(os.path.join(d, "round_002", "mask"))
+    os.remove(os.path.join(d, "round_002", "mask.manifest.json"))
+    with pytest.raises(CorruptCheckpointError, match="round_002/mask"):
+        tiny.run(trainer, params0, dataset, init_fn, store=d)
+
+
+def test_sigkill_and_resume_equals_uninterrupted(init_run, tmp_path):
+    """SIGKILL mid-round (a checkpoint exists, the round is unfinished), add the
+    debris a killed save leaves, resume in a new process: every mask, final weight
+    and metric equals the uninterrupted run's, bit for bit."""
+    d = str(tmp_path / "killed")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    log = open(tmp_path / "first.log", "w")
+    data_path = str(tmp_path / "data.npz")
+    tiny.save_dataset(init_run["dataset"], data_path)
+    proc = subprocess.Popen([sys.executable, HELPER, d, data_path, "--pause-in", "round_001"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    pattern = os.path.join(d, "round_001", "checkpoints", "step_*.manifest.json")
+    deadline = time.time() + 240
+    try:
+        while not glob.glob(pattern):
+            assert proc.poll() is None, open(tmp_path / "first.log").read()
+            assert time.time() < deadline, "no mid-round checkpoint appeared"
+            time.sleep(0.05)
+        assert proc.poll() is None
+        os.kill(proc.pid, signal.SIGKILL)
+        (ckpt_manifest,) = glob.glob(pattern)
+    finally:
+        proc.kill()
+        proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(d, "round_001", "metrics.json"))
+    assert os.path.exists(os.path.join(d, "round_000", "metrics.json"))
+    # what a kill inside a save leaves behind: an orbax temp dir, an unmanifested dir
+    os.makedirs(os.path.join(d, "round_001", "final.orbax-checkpoint-tmp-99", "d"))
+    os.makedirs(os.path.join(d, "round_001", "final", "d"))
+    os.makedirs(os.path.join(d, "round_001", "checkpoints", "step_00000030"))
+    done = subprocess.run([sys.executable, HELPER, d, data_path], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith("done")
+    # it went on from the checkpoint, and did not redo the finished round 0
+    killed_at = int(os.path.basename(ckpt_manifest)[len("step_"):].split(".")[0])
+    fits = [line for line in done.stdout.splitlines() if line.startswith("fit ")]
+    assert fits[0] == f"fit round 1/2 from {killed_at}" and 0 < killed_at < tiny.STEPS
+    assert not any(f.startswith("fit round 0/") for f in fits)
+
+    ref = init_run["dir"]
+    items = sorted(os.path.relpath(p, d)[: -len(".manifest.json")]
+                   for p in glob.glob(os.path.join(d, "**", "*.manifest.json"), recursive=True))
+    assert "round_002/mask" in items and "controls/shuffle/round_002/final" in items
+    assert not any("checkpoints" in i for i in items)
+    ckpt = ocp.StandardCheckpointer()
+    for item in items:
+        assert_trees_equal(ckpt.restore(os.path.join(d, item)),
+                           ckpt.restore(os.path.join(ref, item)))
+    for metrics in glob.glob(os.path.join(d, "**", "metrics.json"), recursive=True):
+        rel = os.path.relpath(metrics, d)
+        with open(metrics) as f, open(os.path.join(ref, rel)) as g:
+            assert f.read() == g.read(), rel
+    assert not glob.glob(os.path.join(d, "round_001", "*orbax-checkpoint-tmp*"))
+
+
+def test_parse_rewind_and_config_validation():
+    assert imp.parse_rewind("step:5", 30) == ("step", 5)
+    for bad in ("step:0", "step:30", "step:x", "warm", ""):
+        with pytest.raises(ValueError, match="rewind"):
+            imp.parse_rewind(bad, 30)
+    with pytest.raises(ValueError, match="controls"):
+        imp.ImpConfig(controls=("reinit", "bogus"))
+    with pytest.raises(ValueError, match="save_every"):
+        imp.ImpConfig(save_every=0)

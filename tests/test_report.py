@@ -1,0 +1,132 @@
+"""Tests for lotto_jax.report and lotto_jax.plots, on a tiny run made by imp.main.
+
+The run: the MNIST-1D MLP (40-500-500-10), 20 steps per round, 2 rounds at 20 %
+per layer and 10 % for the output layer, with the random control. The densities in
+the table are checked against counts worked out here by integer arithmetic.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from lotto_jax import common, imp, plots, report, train
+from lotto_jax.cli import run as cli_run
+from lotto_jax.store import ConfigMismatchError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+# MNIST1DMLP kernels: 40x500, 500x500, 500x10 (biases are not pruned)
+KERNELS = {"Dense_0/kernel": 40 * 500, "Dense_1/kernel": 500 * 500, "output/kernel": 500 * 10}
+
+
+def config(out, **train_kw):
+    return imp.ImpConfig(
+        run=common.RunConfig(
+            model="mnist1d_mlp", dataset="mnist1d", validation=1000,
+            train=train.TrainConfig(steps=20, eval_every=10, batch_size=50,
+                                    lr=1e-3, **train_kw),
+        ),
+        rounds=2, controls=("random",), out=out,
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("report") / "imp")
+    cfg = config(out)
+    return cfg, imp.main(cfg)
+
+
+def hand_densities(rounds):
+    kept, out = dict(KERNELS), []
+    for _ in range(rounds + 1):
+        out.append(100 * sum(kept.values()) / sum(KERNELS.values()))
+        kept = {k: v - (2 * v + (10 if k.startswith("output") else 5))
+                // (20 if k.startswith("output") else 10) for k, v in kept.items()}
+    return out
+
+
+def test_hand_densities_are_what_we_think():
+    # 20000+250000+5000 -> 16000+200000+4500 -> 12800+160000+4050
+    assert hand_densities(2) == [100.0, 100 * 220500 / 275000, 100 * 176850 / 275000]
+
+
+def test_table_and_figures(finished, tmp_path):
+    cfg, result = finished
+    rep = report.main(report.ReportConfig(dir=cfg.out, figures=str(tmp_path / "fig")))
+    header, rows = report.table(rep.run)
+    assert header[:6] == ["round", "% weights", "final acc", "ES step", "acc @ ES", "best acc"]
+    assert header[6:] == ["random final", "random best"]
+    expected = hand_densities(2)
+    assert [row[1] for row in rows] == [f"{d:.2f}" for d in expected]
+    assert [row[1] for row in rows] == ["100.00", "80.18", "64.31"]
+    for r, row in enumerate(rows):
+        m = result.rounds[r].metrics
+        assert row[2] == f"{100 * m['final_test_accuracy']:.2f}"
+        assert row[3] == str(m["early_stop_step"])
+        assert row[5] == f"{100 * m['best_test_accuracy']:.2f}"
+        if r == 0:
+            assert row[6:] == ["-", "-"]
+        else:
+            c = result.controls["random"][r - 1].metrics
+            assert row[6] == f"{100 * c['final_test_accuracy']:.2f}"
+    for line in (" 80.18 ", " 64.31 "):
+        assert line in rep.table
+    names = sorted(os.path.basename(p) for p in rep.figures)
+    assert names == ["accuracy.png", "best_accuracy.png", "curves.png",
+                     "early_stop.png", "early_stop_accuracy.png"]
+    for path in rep.figures:
+        with open(path, "rb") as f:
+            blob = f.read()
+        assert blob[:8] == PNG and len(blob) > 10_000, path
+
+
+def test_config_json_and_refusal(finished):
+    cfg, _ = finished
+    with open(os.path.join(cfg.out, "config.json")) as f:
+        assert json.load(f) == common.config_to_dict(cfg)
+    changed = config(cfg.out, momentum=0.5)
+    with pytest.raises(ConfigMismatchError, match=r"run\.train\.momentum: 0\.9 -> 0\.5"):
+        imp.main(changed)
+    # the CLI reaches the same drivers; the report command takes the directory
+    with pytest.raises(ConfigMismatchError, match=r"fraction: 0\.2 -> 0\.3"):
+        cli_run(["imp", "--out", cfg.out, "--fraction", "0.3", "--steps", "20",
+                 "--eval-every", "10", "--batch-size", "50", "--lr", "1e-3",
+                 "--validation", "1000", "--rounds", "2", "--controls", "random"])
+    rep = cli_run(["report", cfg.out])
+    assert len(rep.run.rounds) == 3
+
+
+def test_replicates_show_mean_and_std(finished, tmp_path):
+    cfg, _ = finished
+    d = str(tmp_path / "replicated")
+    shutil.copytree(cfg.out, d, ignore=shutil.ignore_patterns("figures"))
+    path = os.path.join(d, "round_001", "metrics.json")
+    with open(path) as f:
+        m = json.load(f)
+    m["final_test_accuracy"] = [0.5, 0.6]
+    m["early_stop_step"] = [10, 20]
+    for rec in m["curve"]:
+        rec["test_accuracy"] = [rec["test_accuracy"], rec["test_accuracy"] + 0.1]
+    with open(path, "w") as f:
+        json.dump(m, f)
+    run = report.load_run(d)
+    _, rows = report.table(run)
+    assert rows[1][2] == "55.00 ± 5.00"
+    assert rows[1][3] == "15 ± 5"
+    paths = report.figures(run, os.path.join(d, "figures"))
+    assert all(open(p, "rb").read()[:8] == PNG for p in paths)
+
+
+def test_plots_band_and_errors(tmp_path):
+    x, y = [100.0, 80.0, 64.0], [0.9, 0.8, 0.7]
+    plain = plots.accuracy_vs_density({"a": (x, y, None)}, str(tmp_path / "a.png"))
+    band = plots.accuracy_vs_density({"a": (x, y, [0.05, 0.05, 0.05])}, str(tmp_path / "b.png"))
+    assert open(plain, "rb").read() != open(band, "rb").read()
+    with pytest.raises(ValueError, match=r"series\['bad'\]: x has shape \(3,\)"):
+        plots.curves({"bad": (x, [1.0], None)}, str(tmp_path / "c.png"))
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plots.early_stop_vs_density({}, str(tmp_path / "d.png"))
+    with pytest.raises(FileNotFoundError, match="no finished round"):
+        report.load_run(str(tmp_path))
