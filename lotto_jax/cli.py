@@ -124,6 +124,13 @@ def _command(name: str) -> tuple[type, Any]:
     return getattr(module, cls), getattr(module, fn)
 
 
+def _summary(doc: str | None) -> str:
+    """A config's docstring without its ``Attributes:`` (tyro shows those per flag)."""
+    import inspect
+
+    return inspect.cleandoc(doc or "").split("Attributes:")[0].strip()
+
+
 def _usage(available: dict[str, tuple[type, Any]]) -> str:
     lines = ["usage: lotto {" + ",".join(available) + "} [OPTIONS]", "",
              "Lottery tickets and sparse training in JAX.", "", "commands:"]
@@ -160,7 +167,7 @@ def run(argv: list[str] | None = None) -> Any:
         cls,
         args=rest,
         prog=f"lotto {name}",
-        description=(cls.__doc__ or "").strip(),
+        description=_summary(cls.__doc__),
         config=(tyro.conf.OmitArgPrefixes,),
     )
     return fn(config)
