@@ -127,7 +127,7 @@ def make_step(
       >>> step = make_step(loss, optax.sgd(0.1), donate=False)
       >>> params = {"w": jnp.array([[1.0, 1.0]])}
       >>> mask = {"w": jnp.array([[True, False]])}
-      >>> params, state, metrics = step(params, step.init(params), mask, jnp.ones(2))
+      >>> params, state, metrics = step(params, step.init(params), mask, jnp.ones((1, 2)))
       >>> params["w"]
       Array([[0.8, 0. ]], dtype=float32)
     """
