@@ -20,7 +20,17 @@ from lotto_jax import data as data_lib
 from lotto_jax import models
 from lotto_jax.train import TrainConfig, Trainer, classifier, make_trainer
 
-__all__ = ["Prepared", "RunConfig", "config_to_dict", "prepare", "write_config"]
+__all__ = [
+    "Prepared",
+    "RunConfig",
+    "config_to_dict",
+    "init_variables",
+    "prepare",
+    "replicate_data_keys",
+    "replicate_variables",
+    "stack",
+    "write_config",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +45,11 @@ class RunConfig:
       seed: the seed of the weights' initialisation.
       data_seed: the seed of the validation split and of the data order.
       data_dir: TFDS data directory.
+      replicates: independent replicates trained together in one vmapped step;
+        replicate ``i`` uses init seed ``seed + i`` and data seed ``data_seed + i``
+        (replicate 0 is the single run). Results carry a leading replicate axis.
+      mesh: devices as ``"data=N[,model=M]"`` (see :mod:`lotto_jax.sharding`):
+        batches split over ``data``; ``None`` runs on JAX's default device.
       train: the training hyperparameters.
     """
 
@@ -44,6 +59,8 @@ class RunConfig:
     seed: int = 0
     data_seed: int = 0
     data_dir: str | None = None
+    replicates: int = 1
+    mesh: str | None = None
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
@@ -55,6 +72,7 @@ class Prepared(NamedTuple):
     variables: dict[str, Any]
     trainer: Trainer
     data_key: jax.Array
+    mesh: Any = None
 
     @property
     def params(self):
@@ -70,8 +88,30 @@ def init_variables(module: nn.Module, input_shape, seed: int) -> dict[str, Any]:
     return models.init(module, jax.random.key(seed), input_shape)
 
 
+def stack(trees) -> Any:
+    """Stacks pytrees along a new leading (replicate) axis."""
+    return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *trees)
+
+
+def replicate_variables(module: nn.Module, input_shape, seed: int, replicates: int):
+    """Variables of ``replicates`` networks from seeds ``seed, seed + 1, ...``, stacked."""
+    return stack([init_variables(module, input_shape, seed + i) for i in range(replicates)])
+
+
+def replicate_data_keys(data_seed: int, replicates: int) -> jax.Array:
+    """Data-order keys ``key(data_seed + i)``, stacked (replicate 0 = the single run)."""
+    return jax.numpy.stack([jax.random.key(data_seed + i) for i in range(replicates)])
+
+
 def prepare(config: RunConfig) -> Prepared:
-    """Loads the dataset, builds and initialises the model, compiles the trainer."""
+    """Loads the dataset, builds and initialises the model, compiles the trainer.
+
+    The variables and data key are those of replicate 0; drivers that honour
+    ``config.replicates`` build the others with :func:`replicate_variables` and
+    :func:`replicate_data_keys`.
+    """
+    if not isinstance(config.replicates, int) or config.replicates < 1:
+        raise ValueError(f"replicates: expected an int >= 1, got {config.replicates!r}")
     validation = config.validation
     if isinstance(validation, float) and validation.is_integer() and validation >= 1:
         validation = int(validation)
@@ -88,11 +128,16 @@ def prepare(config: RunConfig) -> Prepared:
             f"shape {dataset.input_shape}, the model's default is "
             f"{models.input_shape(config.model)} ({type(err).__name__}: {err})"
         ) from err
+    mesh = None
+    if config.mesh:
+        from lotto_jax.sharding import make_mesh
+
+        mesh = make_mesh(config.mesh)
     trainer = make_trainer(
-        classifier(module), config.train, num_train=dataset.train.x.shape[0]
+        classifier(module), config.train, num_train=dataset.train.x.shape[0], mesh=mesh
     )
     data_key = jax.random.key(config.data_seed)
-    return Prepared(dataset, module, variables, trainer, data_key)
+    return Prepared(dataset, module, variables, trainer, data_key, mesh)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
