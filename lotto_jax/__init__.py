@@ -7,7 +7,23 @@ The public modules are imported here: ``lotto_jax.masks``, ``lotto_jax.scores``,
 ``lotto_jax.prune``, ``lotto_jax.sparse`` and the rest.
 """
 
-from lotto_jax import common, data, masks, models, prune, scores, sparse, train
+from lotto_jax import (
+    common,
+    data,
+    imp,
+    masks,
+    models,
+    pai,
+    plots,
+    prune,
+    report,
+    scores,
+    sharding,
+    sparse,
+    store,
+    supermask,
+    train,
+)
 from lotto_jax._types import KeyPath, Mask, Params, PRNGKey, Prunable, Scores
 
 __version__ = "0.1.0"
@@ -21,10 +37,17 @@ __all__ = [
     "Scores",
     "common",
     "data",
+    "imp",
     "masks",
     "models",
+    "pai",
+    "plots",
     "prune",
+    "report",
     "scores",
+    "sharding",
     "sparse",
+    "store",
+    "supermask",
     "train",
 ]

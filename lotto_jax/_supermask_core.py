@@ -1,0 +1,690 @@
+"""Supermask search over frozen weights: top-k, the search transforms and the exports.
+
+Public through :mod:`lotto_jax.supermask`; see its module docstring for the methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from lotto_jax._types import Mask, Params, PRNGKey, Prunable, Scores
+from lotto_jax.masks import default_prunable, path_str, validate
+
+__all__ = [
+    "METHODS",
+    "SearchState",
+    "Supermask",
+    "bernoulli",
+    "edge_popup",
+    "export_mask",
+    "export_signs",
+    "export_weights",
+    "init_state",
+    "sample_mask",
+    "sign",
+    "topk_mask",
+]
+
+METHODS = ("edge-popup", "bernoulli", "sign")
+"""Search methods: :func:`edge_popup`, :func:`bernoulli`, :func:`sign`."""
+_OTHER = ("neutral", "keep")
+_RANKS = ("abs", "signed")
+_EVALUATIONS = ("expected", "threshold")
+
+
+def _choice(name: str, value: Any, options: tuple[str, ...]) -> str:
+    """Canonical spelling of an option (``_`` and ``-`` both accepted)."""
+    canon = value.replace("_", "-") if isinstance(value, str) else value
+    if canon not in options:
+        raise ValueError(
+            f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}"
+        )
+    return canon
+
+
+def _check_keep(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a fraction kept in (0, 1], got {value!r}") from None
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"{name}: expected a fraction kept in (0, 1], got {v}")
+    return v
+
+
+def _check_like(reference: Params, tree: Any, name: str) -> None:
+    """``tree`` has the structure and leaf shapes of ``reference``."""
+    r_leaves, r_def = jax.tree_util.tree_flatten_with_path(reference)
+    t_leaves, t_def = jax.tree_util.tree_flatten_with_path(tree)
+    if r_def != t_def:
+        r_paths = {jax.tree_util.keystr(p) for p, _ in r_leaves}
+        t_paths = {jax.tree_util.keystr(p) for p, _ in t_leaves}
+        raise ValueError(
+            f"{name}: tree structure does not match the weights: missing leaves "
+            f"{sorted(r_paths - t_paths)[:5]}, unexpected leaves "
+            f"{sorted(t_paths - r_paths)[:5]}"
+        )
+    for (path, r), (_, t) in zip(r_leaves, t_leaves, strict=True):
+        if jnp.shape(r) != jnp.shape(t):
+            raise ValueError(
+                f"{name}{jax.tree_util.keystr(path)}: shape {tuple(jnp.shape(t))} != "
+                f"weight shape {tuple(jnp.shape(r))}"
+            )
+
+
+def _fan_in(path, leaf) -> int:
+    shape = jnp.shape(leaf)
+    if len(shape) < 2:
+        raise ValueError(
+            f"params{jax.tree_util.keystr(path)}: a prunable leaf needs ndim >= 2 to "
+            f"have a fan-in (kernel (in, out) or (h, w, in, out)), got shape {shape}"
+        )
+    return math.prod(shape[:-1])
+
+
+def _n_keep(keep: float, size: int) -> int:
+    """``round(keep * size)``, rounded half up: the rule of :mod:`lotto_jax.prune`."""
+    return math.floor(keep * size + 0.5)
+
+
+def _leaf_keeps(
+    tree: Any,
+    keep: float,
+    layer_keep: Mapping[str, float] | None,
+    prunable: Prunable,
+) -> dict[tuple, float]:
+    """Key path -> fraction kept, for every prunable leaf of ``tree``."""
+    leaves = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if prunable(p, x)]
+    if not leaves:
+        raise ValueError(
+            "params: the prunable predicate selects no leaf; pass prunable= a predicate "
+            "that selects the weights to mask"
+        )
+    out: dict[tuple, float] = {}
+    for pattern, frac in (layer_keep or {}).items():
+        frac = _check_keep(f"layer_keep[{pattern!r}]", frac)
+        regex = re.compile(pattern)
+        hits = [p for p, _ in leaves if regex.search(path_str(p))]
+        if not hits:
+            raise ValueError(
+                f"layer_keep: pattern {pattern!r} matches no prunable leaf; prunable "
+                f"leaves are {[path_str(p) for p, _ in leaves]}"
+            )
+        for p in hits:
+            out.setdefault(p, frac)  # the first matching pattern wins
+    return {p: out.get(p, keep) for p, _ in leaves}
+
+
+def _order_keys(values: jax.Array) -> jax.Array:
+    """uint32 keys with the order of the float32 ``values`` (``-0.0`` as ``+0.0``)."""
+    v = values.astype(jnp.float32)
+    v = jnp.where(v == 0, jnp.zeros_like(v), v)
+    bits = jax.lax.bitcast_convert_type(v, jnp.uint32)
+    negative = (bits >> 31) == 1
+    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
+
+
+@jax.jit
+def _topk_bisect(values: jax.Array, n_keep: jax.Array) -> jax.Array:
+    keys = _order_keys(values)
+
+    def body(_, bounds):
+        lo, hi = bounds  # invariant: count(keys >= lo) >= n_keep > count(keys > hi)
+        mid = lo + (hi - lo) // 2 + (hi - lo) % 2
+        ok = jnp.sum(keys >= mid) >= n_keep
+        return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid - 1)
+
+    start = (jnp.uint32(0), jnp.uint32(0xFFFFFFFF))
+    threshold, _ = jax.lax.fori_loop(0, 32, body, start)
+    above = keys > threshold
+    tie = keys == threshold
+    need = n_keep - jnp.sum(above)
+    from_end = jnp.cumsum(tie[::-1].astype(jnp.int32))[::-1]
+    return above | (tie & (from_end <= need))
+
+
+def _topk_flat(values: jax.Array, n_keep: int) -> jax.Array:
+    """Boolean: the ``n_keep`` largest of 1-D ``values``; ties keep the later index.
+
+    The rule of :func:`lotto_jax.prune.to_density` (a stable ascending sort whose
+    lowest ranks are dropped), computed without a sort: a 32-step bisection over
+    the order-preserving integer image of the float32 values finds the
+    ``n_keep``-th largest value ``t``; everything above ``t`` is kept, and of the
+    entries equal to ``t`` the ones with the highest indices fill the rest. On CPU
+    this is ~25x faster than XLA's sort for a 250k-weight layer, and it is exact.
+    ``n_keep`` is a traced argument: one compilation per layer shape.
+    """
+    n = values.shape[0]
+    if n_keep <= 0:
+        return jnp.zeros(n, bool)
+    if n_keep >= n:
+        return jnp.ones(n, bool)
+    return _topk_bisect(values, jnp.asarray(n_keep, jnp.int32))
+
+
+def topk_mask(
+    scores: Scores,
+    keep: float = 0.5,
+    *,
+    layer_keep: Mapping[str, float] | None = None,
+    prunable: Prunable = default_prunable,
+) -> Mask:
+    """Per layer, keeps the ``round(keep * n)`` highest ``scores`` (edge-popup's top-k).
+
+    Each prunable leaf of ``n`` entries keeps exactly ``floor(k * n + 0.5)`` of them
+    (round half up: the count rule of :mod:`lotto_jax.prune`), where ``k`` is
+    ``keep`` or the leaf's ``layer_keep`` override. Ties are broken by position:
+    among equal scores the entries with the higher flat (row-major) index are kept,
+    as in :func:`lotto_jax.prune.to_density`. Unprunable leaves get all-``True``.
+    Jittable (``keep`` and the patterns are static).
+
+    Args:
+      scores: a pytree of real arrays (pass ``|s|`` for edge-popup's ranking).
+      keep: fraction kept per layer, in (0, 1].
+      layer_keep: optional ``{pattern: keep}``; a leaf whose path (``path_str``,
+        e.g. ``"output/kernel"``) matches the regular expression (``re.search``)
+        keeps that fraction instead. The first matching pattern wins; every
+        pattern must match at least one prunable leaf.
+      prunable: which leaves are masked.
+
+    Returns:
+      The boolean mask pytree.
+
+    Raises:
+      ValueError: ``keep`` or a layer keep outside (0, 1], a pattern that matches
+        nothing, or no prunable leaf.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = {"w": jnp.array([[3.0, 1.0, 1.0], [1.0, 0.0, 2.0]])}
+      >>> topk_mask(s, 0.5)["w"]   # round(3.0) = 3 kept; of the three 1.0s the last
+      Array([[ True, False, False],
+             [ True, False,  True]], dtype=bool)
+    """
+    keep = _check_keep("keep", keep)
+    keeps = _leaf_keeps(scores, keep, layer_keep, prunable)
+
+    def leaf(path, s):
+        if path not in keeps:
+            return jnp.ones(jnp.shape(s), bool)
+        size = int(np.size(s))
+        return _topk_flat(jnp.ravel(s), _n_keep(keeps[path], size)).reshape(jnp.shape(s))
+
+    return jax.tree_util.tree_map_with_path(leaf, scores)
+
+
+@jax.custom_vjp
+def _straight_through(soft: jax.Array, hard: jax.Array) -> jax.Array:
+    """Returns ``hard``; the cotangent goes to ``soft`` unchanged (identity STE)."""
+    del soft
+    return hard
+
+
+def _st_fwd(soft, hard):
+    del soft
+    return hard, None
+
+
+def _st_bwd(_, g):
+    return g, jnp.zeros_like(g)
+
+
+_straight_through.defvjp(_st_fwd, _st_bwd)
+
+
+def _sign(s: jax.Array) -> jax.Array:
+    """``+1`` where ``s >= 0``, ``-1`` elsewhere (no zeros), in ``s``'s dtype."""
+    return jnp.where(s >= 0, jnp.ones_like(s), -jnp.ones_like(s))
+
+
+def _draws(key: PRNGKey, tree: Any, prunable: Prunable, sampler) -> list[Any]:
+    """One float32 draw over all prunable entries (concatenated in leaf order,
+    row-major), cut back into leaf shapes; ``None`` for unprunable leaves.
+
+    One generator call per tree, not per leaf: the same numbers, far less to compile.
+    """
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    sizes = [int(np.size(x)) if prunable(p, x) else -1 for p, x in leaves]
+    flat = sampler(key, (sum(n for n in sizes if n > 0),), jnp.float32)
+    out, offset = [], 0
+    for (_, x), n in zip(leaves, sizes, strict=True):
+        if n < 0:
+            out.append(None)
+            continue
+        out.append(flat[offset : offset + n].reshape(jnp.shape(x)))
+        offset += n
+    return out
+
+
+def _bernoulli_draws(key: PRNGKey, scores: Scores, prunable: Prunable) -> list[Any]:
+    """``U < sigmoid(s)`` per prunable leaf, ``U`` from :func:`_draws` (uniform)."""
+    uniforms = _draws(key, scores, prunable, jax.random.uniform)
+    return [
+        None if u is None else u < jax.nn.sigmoid(s.astype(jnp.float32))
+        for u, s in zip(uniforms, jax.tree.leaves(scores), strict=True)
+    ]
+
+
+def sample_mask(
+    scores: Scores, *, key: PRNGKey, prunable: Prunable = default_prunable
+) -> Mask:
+    """Draws ``M ~ Bernoulli(sigmoid(s))`` on every prunable leaf (Zhou et al. 2019).
+
+    ``M = U < sigmoid(s)`` with ``U`` one ``jax.random.uniform(key, (n,))`` draw over
+    the ``n`` prunable entries, concatenated in leaf order (row-major). The
+    Bernoulli supermask's training forward pass at counter ``t`` draws exactly
+    ``sample_mask(scores, key=jax.random.fold_in(state.key, t))``.
+
+    Args:
+      scores: real-valued logits of the keep probabilities.
+      key: a PRNG key.
+      prunable: which leaves are sampled (the others are all-``True``).
+
+    Returns:
+      A boolean mask pytree.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> m = sample_mask({"w": jnp.full((100, 100), 2.0)}, key=jax.random.key(0))
+      >>> 0.85 < float(m["w"].mean()) < 0.91   # sigmoid(2) = 0.881
+      True
+
+    References:
+      Zhou et al. 2019, "Deconstructing Lottery Tickets", arXiv:1905.01067.
+    """
+    leaves, treedef = jax.tree.flatten(scores)
+    draws = _bernoulli_draws(key, scores, prunable)
+    out = [
+        jnp.ones(jnp.shape(s), bool) if m is None else m
+        for m, s in zip(draws, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+class SearchState(struct.PyTreeNode):
+    """What a supermask forward pass needs besides the scores; a pytree.
+
+    Passed as ``model_state`` to :func:`lotto_jax.train.make_trainer` / ``fit``, so
+    the optimizer only sees the scores (the trainer's ``params``) and everything
+    here passes through training unchanged, except ``model_state`` (BatchNorm
+    statistics) and ``count``.
+
+    Attributes:
+      weights: the frozen weights, a params pytree (never trained).
+      model_state: the model's other collections, e.g. ``{"batch_stats": ...}``.
+      mask: the fixed mask of the sign method (``None`` for the others).
+      key: the base PRNG key of the Bernoulli method (``None`` for the others).
+      count: int32 number of training forward passes so far; the Bernoulli method's
+        pass ``t`` samples with ``jax.random.fold_in(key, t)``.
+    """
+
+    weights: Params
+    model_state: Any
+    mask: Mask | None
+    key: PRNGKey | None
+    count: jax.Array
+
+
+def init_state(
+    weights: Params,
+    model_state: Any = None,
+    *,
+    key: PRNGKey | None = None,
+    mask: Mask | None = None,
+    count: int = 0,
+) -> SearchState:
+    """Builds a :class:`SearchState` around frozen ``weights``.
+
+    Args:
+      weights: the frozen weights (``init_weights(...)``, ``variables["params"]``, a
+        pretrained params pytree).
+      model_state: the model's non-param collections (``{}`` if ``None``).
+      key: base key for the Bernoulli method's per-step samples (required there).
+      mask: the fixed pruning mask of the sign method (required there), e.g. from
+        :func:`lotto_jax.prune.to_density`.
+      count: the starting value of the training forward-pass counter.
+
+    Returns:
+      The state.
+
+    Raises:
+      ValueError: a ``mask`` that does not fit ``weights`` (naming the key path).
+    """
+    if mask is not None:
+        validate(weights, mask, name="mask")
+    return SearchState(
+        weights=weights,
+        model_state={} if model_state is None else model_state,
+        mask=mask,
+        key=key,
+        count=jnp.asarray(count, jnp.int32),
+    )
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Supermask:
+    """A supermask search: an apply function over ``(scores, state)``.
+
+    Build one with :func:`edge_popup`, :func:`bernoulli` or :func:`sign`. Calling it
+    as ``search(scores, state, x, train) -> (logits, state)`` computes ``W_eff`` from
+    the scores and the frozen ``state.weights`` leaf by leaf, then calls the
+    wrapped ``apply_fn(W_eff, state.model_state, x, train)``. That is the
+    :data:`lotto_jax.train.ApplyFn` signature with the scores as params, so
+    ``train.make_trainer(search, ...)`` trains the scores and nothing else.
+
+    Attributes:
+      method: ``"edge-popup"``, ``"bernoulli"`` or ``"sign"``.
+      apply_fn: the model's ``apply_fn(params, model_state, x, train)`` (e.g.
+        ``train.classifier(module)``).
+      keep: edge-popup's fraction kept per layer.
+      layer_keep: edge-popup's per-layer overrides ``{pattern: keep}``.
+      rank: edge-popup's ranking, ``"abs"`` (by ``|s|``, the reference code) or
+        ``"signed"`` (by ``s``, the paper's text).
+      evaluation: the Bernoulli method's ``train=False`` network: ``"expected"``
+        (``W ⊙ sigmoid(s)``) or ``"threshold"`` (``W ⊙ [sigmoid(s) > 0.5]``).
+      prunable: which leaves are masked; the others pass unchanged.
+    """
+
+    method: str
+    apply_fn: Any
+    keep: float = 0.5
+    layer_keep: Mapping[str, float] | None = None
+    rank: str = "abs"
+    evaluation: str = "expected"
+    prunable: Prunable = default_prunable
+
+    def __post_init__(self):
+        object.__setattr__(self, "method", _choice("method", self.method, METHODS))
+        object.__setattr__(self, "keep", _check_keep("keep", self.keep))
+        object.__setattr__(self, "rank", _choice("rank", self.rank, _RANKS))
+        object.__setattr__(
+            self, "evaluation", _choice("evaluation", self.evaluation, _EVALUATIONS)
+        )
+        for pattern, frac in (self.layer_keep or {}).items():
+            _check_keep(f"layer_keep[{pattern!r}]", frac)
+        if not callable(self.apply_fn):
+            raise ValueError(f"apply_fn: expected a callable, got {self.apply_fn!r}")
+
+    def _check(self, scores: Scores, state: SearchState) -> None:
+        if not isinstance(state, SearchState):
+            raise ValueError(
+                f"state: expected a SearchState (supermask.init_state), got "
+                f"{type(state).__name__}"
+            )
+        _check_like(state.weights, scores, "scores")
+        if self.method == "sign":
+            if state.mask is None:
+                raise ValueError(
+                    "state.mask: the sign method needs the fixed pruning mask "
+                    "(init_state(weights, mask=...))"
+                )
+            validate(state.weights, state.mask, name="state.mask")
+        elif state.mask is not None:
+            raise ValueError(
+                f"state.mask: only the sign method takes a fixed mask, not {self.method!r}"
+            )
+        if self.method == "bernoulli" and state.key is None:
+            raise ValueError(
+                "state.key: the bernoulli method samples its masks; pass "
+                "init_state(weights, key=...)"
+            )
+
+    def effective_weights(
+        self, scores: Scores, state: SearchState, *, train: bool
+    ) -> Params:
+        """``W_eff`` of the forward pass; differentiable in ``scores`` (STE).
+
+        Args:
+          scores: real scores shaped like ``state.weights``.
+          state: the :class:`SearchState`.
+          train: training pass (the Bernoulli method samples) or evaluation.
+
+        Returns:
+          The weights the model is run with.
+        """
+        self._check(scores, state)
+        w_leaves, treedef = jax.tree_util.tree_flatten_with_path(state.weights)
+        s_leaves = jax.tree.leaves(scores)
+        if self.method == "edge-popup":
+            keeps = _leaf_keeps(state.weights, self.keep, self.layer_keep, self.prunable)
+        if self.method == "bernoulli" and train:
+            key = jax.random.fold_in(state.key, state.count)
+            samples = _bernoulli_draws(key, scores, self.prunable)
+        m_leaves = jax.tree.leaves(state.mask) if self.method == "sign" else None
+        out = []
+        for i, ((path, w), s) in enumerate(zip(w_leaves, s_leaves, strict=True)):
+            if not self.prunable(path, w):
+                out.append(w if m_leaves is None else jnp.where(m_leaves[i], w, 0))
+                continue
+            if self.method == "edge-popup":
+                soft = s * jax.lax.stop_gradient(_sign(s)) if self.rank == "abs" else s
+                hard = _topk_flat(jnp.ravel(soft), _n_keep(keeps[path], int(np.size(s))))
+                hard = hard.reshape(jnp.shape(s)).astype(soft.dtype)
+                m = _straight_through(soft, jax.lax.stop_gradient(hard))
+                out.append(w * m.astype(w.dtype))
+            elif self.method == "bernoulli":
+                p = jax.nn.sigmoid(s)
+                if train:
+                    hard = samples[i].astype(p.dtype)
+                    m = _straight_through(p, jax.lax.stop_gradient(hard))
+                elif self.evaluation == "expected":
+                    m = p
+                else:
+                    m = (s > 0).astype(p.dtype)
+                out.append(w * m.astype(w.dtype))
+            else:  # sign
+                sg = _straight_through(s, jax.lax.stop_gradient(_sign(s)))
+                out.append(jnp.where(m_leaves[i], w, 0) * sg.astype(w.dtype))
+        return jax.tree.unflatten(treedef, out)
+
+    def __call__(self, scores: Scores, state: SearchState, x: jax.Array, train: bool):
+        """``(logits, new_state)``: the model run with :meth:`effective_weights`."""
+        w_eff = self.effective_weights(scores, state, train=train)
+        logits, model_state = self.apply_fn(w_eff, state.model_state, x, train)
+        return logits, state.replace(
+            model_state=model_state, count=state.count + (1 if train else 0)
+        )
+
+    def layer_keeps(self, params: Params) -> dict[str, float]:
+        """``{path_str: keep}`` of every prunable leaf (edge-popup's per-layer k)."""
+        keeps = _leaf_keeps(params, self.keep, self.layer_keep, self.prunable)
+        return {path_str(p): k for p, k in keeps.items()}
+
+
+def edge_popup(
+    apply_fn: Any,
+    *,
+    keep: float = 0.5,
+    layer_keep: Mapping[str, float] | None = None,
+    rank: str = "abs",
+    prunable: Prunable = default_prunable,
+) -> Supermask:
+    """edge-popup (Ramanujan et al. 2020): top-k of the scores per layer, STE.
+
+    Forward: on each prunable leaf, ``W_eff = W ⊙ M`` with ``M`` =
+    :func:`topk_mask` of ``|s|`` (exactly ``round(k·n)`` kept, ties by position).
+    Backward (straight-through): ``∂L/∂M = (∂L/∂W_eff) ⊙ W`` is passed to the
+    ranked quantity unchanged. With ``rank="abs"`` (the reference code, which ranks
+    ``scores.abs()``) that quantity is ``|s|``, so ``∂L/∂s = sign(s) ⊙ ∂L/∂M``
+    (``sign(0) := +1``), which is ``∂L/∂M`` exactly wherever ``s > 0``. With
+    ``rank="signed"`` (the paper's Algorithm 1: top-k of ``s``) ``∂L/∂s = ∂L/∂M``
+    everywhere. Passing ``∂L/∂M`` to a negative ``s`` ranked by ``|s|`` would push
+    helpful edges *out*, which is why the sign is kept.
+
+    Args:
+      apply_fn: ``apply_fn(params, model_state, x, train) -> (logits,
+        model_state)``, e.g. ``train.classifier(module)``; any Flax model.
+      keep: fraction of each prunable leaf kept, in (0, 1] (the paper's k; the same
+        for every layer, first and last included, unless overridden).
+      layer_keep: ``{pattern: keep}`` overrides by key-path regular expression.
+      rank: ``"abs"`` or ``"signed"`` (see above).
+      prunable: which leaves are masked (default: ``ndim >= 2``).
+
+    Returns:
+      A :class:`Supermask`: ``search(scores, state, x, train) -> (logits, state)``.
+
+    Raises:
+      ValueError: ``keep`` outside (0, 1] or an unknown ``rank``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> apply_fn = lambda p, ms, x, train: (x @ p["w"], ms)
+      >>> search = edge_popup(apply_fn, keep=0.5)
+      >>> state = init_state({"w": jnp.array([[1.0, 2.0], [3.0, 4.0]])})
+      >>> scores = {"w": jnp.array([[0.1, 0.9], [0.8, 0.2]])}
+      >>> logits, _ = search(scores, state, jnp.ones((1, 2)), False)
+      >>> logits   # keeps w[0, 1] and w[1, 0]
+      Array([[3., 2.]], dtype=float32)
+
+    References:
+      Ramanujan et al. 2020, "What's Hidden in a Randomly Weighted Neural
+      Network?", arXiv:1911.13299.
+    """
+    return Supermask(
+        "edge-popup", apply_fn, keep=keep, layer_keep=layer_keep, rank=rank,
+        prunable=prunable,
+    )
+
+
+def bernoulli(
+    apply_fn: Any,
+    *,
+    evaluation: str = "expected",
+    prunable: Prunable = default_prunable,
+) -> Supermask:
+    """Bernoulli supermask (Zhou et al. 2019): ``M ~ Bernoulli(sigmoid(s))``.
+
+    Training pass ``t`` (counted in ``state.count``) samples ``M`` with
+    :func:`sample_mask` under ``jax.random.fold_in(state.key, t)``; the gradient is
+    straight-through the sample into ``sigmoid(s)``: ``∂L/∂s = (∂L/∂W_eff ⊙ W) ⊙
+    sigmoid'(s)``. Evaluation (``train=False``) is deterministic: ``"expected"``
+    runs ``W ⊙ sigmoid(s)`` (the expected weights), ``"threshold"`` the mask
+    ``sigmoid(s) > 0.5`` (i.e. ``s > 0``). A sampled network is obtained with
+    :func:`export_mask` and an explicit key. The density is learned, not set.
+
+    Args:
+      apply_fn: the model's ``apply_fn(params, model_state, x, train)``.
+      evaluation: ``"expected"`` or ``"threshold"``.
+      prunable: which leaves are masked.
+
+    Returns:
+      A :class:`Supermask`.
+
+    References:
+      Zhou et al. 2019, "Deconstructing Lottery Tickets: Zeros, Signs, and the
+      Supermask", arXiv:1905.01067.
+    """
+    return Supermask("bernoulli", apply_fn, evaluation=evaluation, prunable=prunable)
+
+
+def sign(apply_fn: Any, *, prunable: Prunable = default_prunable) -> Supermask:
+    """Sign supermask: a fixed mask plus learned signs ``sign(s) ∈ {−1, +1}``.
+
+    ``W_eff = (W ⊙ M_fixed) ⊙ sign(s)`` on prunable leaves with ``M_fixed =
+    state.mask`` (any boolean mask, e.g. pruning at initialisation with
+    :func:`lotto_jax.prune.to_density` over magnitude or random scores) and
+    ``sign(0) := +1``. The gradient is straight-through the sign: ``∂L/∂s =
+    (∂L/∂W_eff) ⊙ W ⊙ M_fixed``. Unprunable leaves run as ``W ⊙ M_fixed``.
+
+    Args:
+      apply_fn: the model's ``apply_fn(params, model_state, x, train)``.
+      prunable: which leaves get learned signs.
+
+    Returns:
+      A :class:`Supermask`; its state needs ``init_state(weights, mask=...)``.
+
+    References:
+      Vallapuram et al. 2022, "HideNseek: Federated Lottery Ticket via Server-side
+      Pruning and Sign Supermask", arXiv:2206.04385; Zhou et al. 2019,
+      arXiv:1905.01067 (signs matter).
+    """
+    return Supermask("sign", apply_fn, prunable=prunable)
+
+
+def export_mask(
+    search: Supermask, scores: Scores, state: SearchState, *, key: PRNGKey | None = None
+) -> Mask:
+    """The found mask as an ordinary boolean pytree like the weights.
+
+    ``masks.apply(state.weights, mask)`` (times :func:`export_signs` for the sign
+    method) is the network the search found: :func:`export_weights`.
+
+    Args:
+      search: the :class:`Supermask`.
+      scores: the trained scores.
+      state: its :class:`SearchState`.
+      key: Bernoulli only: ``None`` exports the deterministic mask ``sigmoid(s) >
+        0.5``; a key exports :func:`sample_mask` under that key (the training pass
+        at counter ``t`` used ``fold_in(state.key, t)``).
+
+    Returns:
+      edge-popup: the top-k mask; Bernoulli: thresholded or sampled; sign: the
+      fixed mask ``state.mask``.
+
+    Raises:
+      ValueError: a ``key`` for a method that does not sample, or scores that do not
+        fit the weights.
+    """
+    search._check(scores, state)
+    if key is not None and search.method != "bernoulli":
+        raise ValueError(f"key: only the bernoulli method samples, not {search.method!r}")
+    if search.method == "edge-popup":
+        soft = jax.tree.map(jnp.abs, scores) if search.rank == "abs" else scores
+        return topk_mask(
+            soft, search.keep, layer_keep=search.layer_keep, prunable=search.prunable
+        )
+    if search.method == "bernoulli":
+        if key is not None:
+            return sample_mask(scores, key=key, prunable=search.prunable)
+        return jax.tree_util.tree_map_with_path(
+            lambda p, s: (s > 0) if search.prunable(p, s) else jnp.ones(jnp.shape(s), bool),
+            scores,
+        )
+    return state.mask
+
+
+def export_signs(search: Supermask, scores: Scores, state: SearchState) -> Params:
+    """The learned signs (``±1`` in the weights' dtypes); all ``+1`` unless sign method.
+
+    Args:
+      search: the :class:`Supermask`.
+      scores: the trained scores.
+      state: its :class:`SearchState`.
+
+    Returns:
+      A pytree like the weights: ``sign(s)`` (``sign(0) := +1``) on the prunable
+      leaves of the sign method, ``1`` everywhere else.
+    """
+    search._check(scores, state)
+
+    def leaf(path, w, s):
+        if search.method == "sign" and search.prunable(path, w):
+            return _sign(s).astype(jnp.result_type(w))
+        return jnp.ones_like(w)
+
+    return jax.tree_util.tree_map_with_path(leaf, state.weights, scores)
+
+
+def export_weights(
+    search: Supermask, scores: Scores, state: SearchState, *, key: PRNGKey | None = None
+) -> Params:
+    """The found network's weights: ``masks.apply(W, export_mask(...)) * signs``.
+
+    Run them with the plain model (``apply_fn(weights, state.model_state, x,
+    False)``): the logits equal the search's own forward pass (edge-popup, sign,
+    Bernoulli with the same sample key or thresholded).
+    """
+    mask = export_mask(search, scores, state, key=key)
+    signs = export_signs(search, scores, state)
+    return jax.tree.map(
+        lambda w, m, g: jnp.where(m, w, jnp.zeros_like(w)) * g, state.weights, mask, signs
+    )
