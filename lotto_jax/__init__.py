@@ -22,6 +22,7 @@ from lotto_jax import (
     sparse,
     store,
     supermask,
+    sweeps,
     train,
 )
 from lotto_jax._types import KeyPath, Mask, Params, PRNGKey, Prunable, Scores
@@ -49,5 +50,6 @@ __all__ = [
     "sparse",
     "store",
     "supermask",
+    "sweeps",
     "train",
 ]
