@@ -4,12 +4,12 @@
 # weight initialisation (Kaiming normal, signed Kaiming constant, scaled signed constant),
 # and the MNIST-1D MLP at the same k with the scaled signed constant.
 # Optimiser (the paper's MNIST example): SGD 0.1, momentum 0.9, weight decay 5e-4, cosine,
-# batch 128; 4,000 steps (~9 epochs, a shorter budget than the paper's 100 epochs).
+# batch 128; 3,000 steps (~7 epochs, a shorter budget than the paper's 100 epochs).
 # Usage: bash experiments/edge_popup.sh [path/to/mnist.npz] [out dir]
 set -euo pipefail
 NPZ=${1:-../shared/data/mnist.npz}
 OUT=${2:-experiments/results/edge_popup}
-TRAIN=(--steps 4000 --batch-size 128 --optimizer sgd --lr 0.1 --momentum 0.9
+TRAIN=(--steps 3000 --batch-size 128 --optimizer sgd --lr 0.1 --momentum 0.9
        --weight-decay 5e-4 --schedule cosine --eval-every 500)
 for init in scaled-signed-constant signed-constant kaiming-normal; do
   for keep in 0.1 0.3 0.5 0.7; do
