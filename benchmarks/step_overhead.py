@@ -180,17 +180,16 @@ def _scan_chunk(apply_fn, config, chunk, *, lean=False, cond=True, given_idx=Fal
     c = config
     tx = train.optimizer(c)  # unwrapped: no masked() around it
     lr_fn = train.schedule(c)
-    try:  # the trainer's own batch-index computation, for an identical scan
-        from lotto_jax.train import _epoch_orders
-    except ImportError:  # pragma: no cover - private helper renamed
-        from lotto_jax.data import batch_indices
+    # the trainer's own batch-index computation (each epoch's permutation computed
+    # once and cached by Trainer._orders), for an identical scan
+    from lotto_jax.train import _epoch_orders
 
-        def _epoch_orders(key, first, chunk, *, n, b, shuffle):
-            return jax.vmap(
-                lambda s: batch_indices(
-                    key, s, num_examples=n, batch_size=b, shuffle=shuffle
-                )
-            )(first + jnp.arange(chunk))
+    ref = train.make_trainer(apply_fn, c, num_train=NUM_TRAIN, chunk=chunk)
+
+    def chunk_indices(key, first):
+        orders = ref._orders(key, int(first))
+        return _epoch_orders(key, orders, jnp.int32(first), chunk, n=NUM_TRAIN,
+                             b=c.batch_size, shuffle=c.shuffle)
 
     def one_step(state, mask, x, y, hold_lr):
         def loss_fn(params):
@@ -208,7 +207,7 @@ def _scan_chunk(apply_fn, config, chunk, *, lean=False, cond=True, given_idx=Fal
             state.step + 1, params, state.model_state, opt_state
         ), loss
 
-    def train_chunk(state, mask, data_key, x, y, hold_lr, n_active, idx=None):
+    def train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active, idx=None):
         if lean:
             state = state.replace(
                 params=masks.apply(state.params, mask),
@@ -218,11 +217,7 @@ def _scan_chunk(apply_fn, config, chunk, *, lean=False, cond=True, given_idx=Fal
             )
         if idx is None:
             idx = _epoch_orders(
-                data_key,
-                state.step,
-                chunk,
-                n=NUM_TRAIN,
-                b=c.batch_size,
+                data_key, orders, state.step, chunk, n=NUM_TRAIN, b=c.batch_size,
                 shuffle=c.shuffle,
             )
 
@@ -250,20 +245,15 @@ def _scan_chunk(apply_fn, config, chunk, *, lean=False, cond=True, given_idx=Fal
     def init(params):
         return train.TrainState(jnp.asarray(0, jnp.int32), params, {}, tx.init(params))
 
-    fixed_idx = (
-        _epoch_orders(
-            jax.random.key(0), 0, chunk, n=NUM_TRAIN, b=c.batch_size, shuffle=True
-        )
-        if given_idx
-        else None
-    )
+    fixed_idx = chunk_indices(jax.random.key(0), 0) if given_idx else None
 
     def call(state, mask, data_key, x, y):
         n_active = jnp.clip(c.steps - state.step, 0, chunk)
         hold = jnp.asarray(-1, jnp.int32)
-        return jitted(state, mask, data_key, x, y, hold, n_active, fixed_idx)
+        orders = ref._orders(data_key, int(state.step))
+        return jitted(state, mask, data_key, orders, x, y, hold, n_active, fixed_idx)
 
-    return init, call, _epoch_orders
+    return init, call, chunk_indices
 
 
 class _ChunkRunner:
@@ -289,9 +279,7 @@ class _IndexRunner:
     """Times the trainer's batch-index computation alone (one call per chunk)."""
 
     def __init__(self, epoch_orders, chunk, calls):
-        self.fn = jax.jit(
-            lambda k, s: epoch_orders(k, s, chunk, n=NUM_TRAIN, b=BATCH, shuffle=True)
-        )
+        self.fn = epoch_orders  # (key, step) -> [chunk, batch] indices
         self.chunk, self.n, self.step = chunk, calls, 0
 
     def block(self) -> float:

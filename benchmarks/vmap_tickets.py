@@ -98,17 +98,20 @@ def main() -> None:
         seq_rate = [k * chunk / t for t in wall["sequential"]]
         vm_rate = [k * chunk / t for t in wall["vmapped"]]
         ratio = float(np.median([a / b for a, b in zip(wall["sequential"], wall["vmapped"], strict=True)]))
+        vm_orders = trainer._orders(vm_keys, 0, replicates=True)
         mem = trainer._train_chunk_vmapped.lower(
-            vm_state, vm_mask, vm_keys, x, y, jnp.int32(-1), jnp.int32(chunk)
+            vm_state, vm_mask, vm_keys, vm_orders, x, y, jnp.int32(-1), jnp.int32(chunk)
         ).compile().memory_analysis()
+        orders = trainer._orders(tickets[0][2], 0)
         mem_single = trainer._train_chunk.lower(
-            seq_states[0], tickets[0][1], tickets[0][2], x, y, jnp.int32(-1), jnp.int32(chunk)
+            seq_states[0], tickets[0][1], tickets[0][2], orders, x, y, jnp.int32(-1),
+            jnp.int32(chunk),
         ).compile().memory_analysis()
 
         def footprint(m):
             if m is None:
                 return float("nan")
-            data_bytes = x.nbytes + y.nbytes
+            data_bytes = x.nbytes + y.nbytes  # the shared dataset and orders are not per ticket
             total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
             return (total - data_bytes) / 2**20  # the shared dataset is not per ticket
 

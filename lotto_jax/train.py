@@ -258,6 +258,8 @@ class Trainer:
     _train_chunk_vmapped: Callable
     _evaluate: Callable
     _evaluate_vmapped: Callable
+    _epoch_perm: Callable
+    _perm_cache: dict = dataclasses.field(default_factory=dict)
 
     def init(self, params: Params, model_state: Any = None, *, step: int = 0) -> TrainState:
         """A fresh state: optimizer state from ``params``, schedule at ``step``."""
@@ -278,11 +280,40 @@ class Trainer:
         rate at ``schedule(hold_lr)`` (fine-tuning at the final rate).
         """
         until = self.config.steps if until is None else until
-        n_active = jnp.clip(until - state.step, 0, self.chunk)
-        if replicates:
-            n_active = jnp.max(n_active)
+        steps = np.asarray(state.step)
+        if steps.size > 1 and np.ptp(steps):
+            raise ValueError(f"state.step: replicates must be at the same step, got {steps}")
+        step = int(steps.max())
+        n_active = jnp.int32(min(max(until - step, 0), self.chunk))
+        orders = self._orders(data_key, step, replicates=replicates)
         fn = self._train_chunk_vmapped if replicates else self._train_chunk
-        return fn(state, mask, data_key, x, y, jnp.asarray(hold_lr, jnp.int32), n_active)
+        return fn(
+            state, mask, data_key, orders, x, y, jnp.asarray(hold_lr, jnp.int32), n_active
+        )
+
+    def _orders(self, data_key, step: int, *, replicates: bool = False) -> jax.Array:
+        """The permutations of the epochs a chunk from ``step`` can touch.
+
+        ``[epochs, n // b * b]`` (a leading replicate axis with ``replicates``), each
+        ``jax.random.permutation(fold_in(data_key, e), n)`` as in
+        :func:`lotto_jax.data.batch_indices`. A permutation of ``n`` is a sort, slow
+        on XLA's CPU backend (~20-45 ms for 60,000): each epoch's is computed once
+        and cached here instead of once per chunk.
+        """
+        if not self.config.shuffle:
+            return jnp.zeros((data_key.shape[0], 1) if replicates else (1,), jnp.int32)
+        spe = self.num_train // self.config.batch_size
+        e0 = step // spe
+        key_bytes = np.asarray(jax.random.key_data(data_key)).tobytes()
+        perms = []
+        for e in range(e0, e0 + self.chunk // spe + 2):
+            cache_key = (key_bytes, e)
+            if cache_key not in self._perm_cache:
+                if len(self._perm_cache) >= 8:
+                    self._perm_cache.pop(next(iter(self._perm_cache)))
+                self._perm_cache[cache_key] = self._epoch_perm(data_key, jnp.int32(e))
+            perms.append(self._perm_cache[cache_key])
+        return jnp.stack(perms, axis=1 if replicates else 0)
 
     def evaluate(self, state, mask, x, y, *, replicates=False):
         """``(mean loss, accuracy)`` of the masked network on ``(x, y)``."""
@@ -290,11 +321,12 @@ class Trainer:
         return fn(state.params, state.model_state, mask, x, y)
 
 
-def _epoch_orders(key, first_step, chunk, *, n, b, shuffle):
+def _epoch_orders(key, orders, first_step, chunk, *, n, b, shuffle):
     """Batch indices of steps ``first_step ... first_step + chunk - 1``: [chunk, b].
 
-    Equal to ``data.batch_indices(key, s)`` for each ``s``, but computes each
-    epoch's permutation once instead of once per step.
+    Equal to ``data.batch_indices(key, s)`` for each ``s``. With ``shuffle``,
+    ``orders`` holds the permutations of epochs ``first_step // (n // b)`` onwards
+    (``Trainer._orders``); without, the indices follow from the step alone.
     """
     if not shuffle:
         steps = first_step + jnp.arange(chunk)
@@ -302,20 +334,17 @@ def _epoch_orders(key, first_step, chunk, *, n, b, shuffle):
             lambda s: data_lib.batch_indices(key, s, num_examples=n, batch_size=b, shuffle=False)
         )(steps)
     spe = n // b
-    n_epochs = chunk // spe + 2  # the most epochs a chunk can touch
-    e0 = first_step // spe
-    last = (first_step + chunk - 1) // spe
-
-    def perm(e):  # a permutation of n costs a sort: skip epochs the chunk misses
-        return jax.lax.cond(
-            e <= last,
-            lambda: jax.random.permutation(jax.random.fold_in(key, e), n)[: spe * b],
-            lambda: jnp.zeros(spe * b, jnp.int32),
-        ).astype(jnp.int32)
-
-    flat = jnp.concatenate([perm(e0 + i) for i in range(n_epochs)])
-    start = (first_step - e0 * spe) * b
+    flat = orders.reshape(-1)
+    start = (first_step - (first_step // spe) * spe) * b
     return jax.lax.dynamic_slice(flat, (start,), (chunk * b,)).reshape(chunk, b)
+
+
+class _PermFn(NamedTuple):
+    single: Callable
+    vmapped: Callable
+
+    def __call__(self, key, epoch):
+        return (self.vmapped if jnp.ndim(key) else self.single)(key, epoch)
 
 
 def make_trainer(
@@ -409,10 +438,11 @@ def make_trainer(
         )
         return TrainState(state.step + 1, params, model_state, opt_state), loss
 
-    def train_chunk(state, mask, data_key, x, y, hold_lr, n_active):
+    def train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active):
         state = enforce(state, mask)
         idx = _epoch_orders(
-            data_key, state.step, chunk, n=num_train, b=c.batch_size, shuffle=c.shuffle
+            data_key, orders, state.step, chunk, n=num_train, b=c.batch_size,
+            shuffle=c.shuffle,
         )
 
         def body(carry, inp):
@@ -456,7 +486,13 @@ def make_trainer(
         )
         return loss / n, correct / n
 
-    chunk_in_axes = (0, 0, 0, None, None, None, None)
+    spe_b = (num_train // c.batch_size) * c.batch_size
+
+    def epoch_perm(key, epoch):
+        perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_train)
+        return perm[:spe_b].astype(jnp.int32)
+
+    chunk_in_axes = (0, 0, 0, 0, None, None, None, None)
     return Trainer(
         config=c,
         apply_fn=apply_fn,
@@ -469,6 +505,7 @@ def make_trainer(
             jax.vmap(train_chunk, in_axes=chunk_in_axes), donate_argnums=(0,)
         ),
         _evaluate=jax.jit(evaluate),
+        _epoch_perm=_PermFn(jax.jit(epoch_perm), jax.jit(jax.vmap(epoch_perm, (0, None)))),
         _evaluate_vmapped=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, None))),
     )
 

@@ -124,13 +124,19 @@ def test_batch_larger_than_train_set_is_refused():
 def test_chunk_indices_equal_batch_indices(shuffle):
     key = jax.random.key(3)
     n, b, chunk = 50, 8, 13  # 6 steps per epoch: chunks straddle epochs
-    for first in (0, 5, 11, 40):
-        got = train._epoch_orders(key, jnp.int32(first), chunk, n=n, b=b, shuffle=shuffle)
+    cfg = train.TrainConfig(batch_size=b, shuffle=shuffle, eval_every=chunk)
+    trainer = train.make_trainer(lambda *a: None, cfg, num_train=n)
+    for first in (0, 5, 11, 40, 41):
+        orders = trainer._orders(key, first)
+        got = train._epoch_orders(key, orders, jnp.int32(first), chunk, n=n, b=b,
+                                  shuffle=shuffle)
         want = np.stack([
             data.batch_indices(key, s, num_examples=n, batch_size=b, shuffle=shuffle)
             for s in range(first, first + chunk)
         ])
         np.testing.assert_array_equal(got, want)
+    if shuffle:  # each epoch's permutation is computed once and cached
+        assert len(trainer._perm_cache) <= 8
 
 
 # -------------------------------------------------------------------- training
