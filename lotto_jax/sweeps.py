@@ -28,11 +28,13 @@ __all__ = ["SweepRun", "figures", "find_runs", "is_sweep", "main", "table"]
 
 
 class SweepRun(NamedTuple):
-    """One run of a sweep: where, which kind (``"pai"`` or ``"supermask"``), results."""
+    """One run of a sweep: where, which kind (``"pai"`` or ``"supermask"``), results,
+    and the model named in its ``config.json``."""
 
     path: str
     kind: str
     results: dict[str, Any]
+    model: str | None = None
 
 
 def _kind(results: dict[str, Any]) -> str | None:
@@ -56,8 +58,27 @@ def find_runs(directory: str) -> list[SweepRun]:
                 results = json.load(f)
             kind = _kind(results)
             if kind is not None:
-                runs.append(SweepRun(path, kind, results))
+                runs.append(SweepRun(path, kind, results, _model(path)))
     return runs
+
+
+def _model(path: str) -> str | None:
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f)["run"]["model"]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _label(run: SweepRun, runs: list[SweepRun]) -> str:
+    """Method (and weight init), prefixed by the model when the sweep has several."""
+    res = run.results
+    label = res["method"]
+    if run.kind == "supermask" and res.get("weight_init"):
+        label += f" ({res['weight_init']})"
+    if len({r.model for r in runs}) > 1 and run.model:
+        label = f"{run.model}: {label}"
+    return label
 
 
 def is_sweep(directory: str) -> bool:
@@ -102,11 +123,10 @@ def table(runs: list[SweepRun], *, metric: str = "final_test_accuracy"):
         if rows:
             rows.append([""] * len(header))
         header = header or ["method", "% kept", metric.replace("_", " "), "best", "no search"]
-        for r in sorted(sm, key=lambda r: (r.results["method"], str(r.results.get("weight_init")), r.results["keep"])):
+        for r in sorted(sm, key=lambda r: (_label(r, sm), r.results["keep"])):
             res = r.results
-            label = res["method"] + (f" ({res['weight_init']})" if res.get("weight_init") else "")
             rows.append([
-                label,
+                _label(r, sm),
                 f"{100 * res['keep']:.3g}",
                 _fmt(res.get(metric)),
                 _fmt(res.get("best_test_accuracy")),
@@ -125,10 +145,11 @@ def figures(runs: list[SweepRun], directory: str, *, metric: str = "final_test_a
     """Writes the sweep's PNG figures into ``directory``; returns their paths."""
     out = []
     pai: dict[str, dict[float, Any]] = defaultdict(dict)
-    for r in (r for r in runs if r.kind == "pai"):
-        method = r.results["method"]
+    pai_runs = [r for r in runs if r.kind == "pai"]
+    for r in pai_runs:
+        method = _label(r, pai_runs)
         for name, entry in r.results["variants"].items():
-            label = method if name == method else f"{method} + {name}"
+            label = method if name == r.results["method"] else f"{method} + {name}"
             if entry.get(metric) is not None:
                 pai[label][r.results["density"]] = entry[metric]
     if pai:
@@ -144,11 +165,10 @@ def figures(runs: list[SweepRun], directory: str, *, metric: str = "final_test_a
                 title="PaI methods and their sanity checks",
             ))
     sm: dict[str, dict[float, Any]] = defaultdict(dict)
-    for r in (r for r in runs if r.kind == "supermask"):
-        res = r.results
-        label = res["method"] + (f" ({res['weight_init']})" if res.get("weight_init") else "")
-        if res.get(metric) is not None:
-            sm[label][res["keep"]] = res[metric]
+    sm_runs = [r for r in runs if r.kind == "supermask"]
+    for r in sm_runs:
+        if r.results.get(metric) is not None:
+            sm[_label(r, sm_runs)][r.results["keep"]] = r.results[metric]
     if sm:
         out.append(plots.metric_vs_density(
             {k: _series(v) for k, v in sm.items()},
