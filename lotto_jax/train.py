@@ -304,7 +304,8 @@ class Trainer:
             return jnp.zeros((data_key.shape[0], 1) if replicates else (1,), jnp.int32)
         spe = self.num_train // self.config.batch_size
         e0 = step // spe
-        key_bytes = np.asarray(jax.random.key_data(data_key)).tobytes()
+        # the shape too: one stacked replicate key has the bytes of the plain key
+        key_bytes = (data_key.shape, np.asarray(jax.random.key_data(data_key)).tobytes())
         perms = []
         for e in range(e0, e0 + self.chunk // spe + 2):
             cache_key = (key_bytes, e)
@@ -344,7 +345,7 @@ class _PermFn(NamedTuple):
     vmapped: Callable
 
     def __call__(self, key, epoch):
-        return (self.vmapped if jnp.ndim(key) else self.single)(key, epoch)
+        return (self.vmapped if key.ndim else self.single)(key, epoch)
 
 
 def make_trainer(

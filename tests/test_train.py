@@ -137,6 +137,9 @@ def test_chunk_indices_equal_batch_indices(shuffle):
         np.testing.assert_array_equal(got, want)
     if shuffle:  # each epoch's permutation is computed once and cached
         assert len(trainer._perm_cache) <= 8
+        # a stack of one replicate key is not the plain key (same bytes)
+        stacked = trainer._orders(key[None], 0, replicates=True)
+        assert stacked.shape == (1, *trainer._orders(key, 0).shape)
 
 
 # -------------------------------------------------------------------- training
