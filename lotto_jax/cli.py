@@ -22,6 +22,7 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
 import tyro
 
 from lotto_jax.common import RunConfig, write_config
@@ -50,12 +51,12 @@ def train_main(config: TrainCommand) -> Any:
     """Runs ``lotto train``: returns the :class:`lotto_jax.train.FitResult`."""
     import orbax.checkpoint as ocp
 
-    from lotto_jax import masks
-    from lotto_jax.common import prepare
+    from lotto_jax import common, masks, sharding
     from lotto_jax.train import fit
 
-    prep = prepare(config.run)
+    prep = common.prepare(config.run)
     params = prep.params
+    model_state = prep.model_state
     if config.mask:
         path = os.path.abspath(config.mask)
         if not os.path.isdir(path):
@@ -70,10 +71,24 @@ def train_main(config: TrainCommand) -> Any:
     metrics = os.path.join(out, "metrics.jsonl")
     if os.path.exists(metrics):
         os.remove(metrics)
-    state = prep.trainer.init(params, prep.model_state)
+    if prep.mesh is not None:  # data parallel; masks follow their params' sharding
+        shardings = sharding.param_shardings(params, prep.mesh)
+        params, mask = sharding.place(params, shardings), sharding.place(mask, shardings)
+    state = prep.trainer.init(params, model_state)
+    density = masks.density(mask)
+    data_key, replicates = prep.data_key, config.run.replicates > 1
+    if replicates:  # replicate i: init seed + i, data seed + i, one vmapped step
+        n = config.run.replicates
+        states = []
+        for i in range(n):
+            v = common.init_variables(prep.module, prep.dataset.input_shape, config.run.seed + i)
+            ms = {k: x for k, x in v.items() if k != "params"}
+            states.append(prep.trainer.init(masks.apply(v["params"], mask), ms))
+        state, mask = common.stack(states), common.stack([mask] * n)
+        data_key = common.replicate_data_keys(config.run.data_seed, n)
     state, result = fit(
-        prep.trainer, state, mask, prep.dataset,
-        data_key=prep.data_key, metrics_path=metrics, description=config.run.model,
+        prep.trainer, state, mask, prep.dataset, data_key=data_key,
+        replicates=replicates, metrics_path=metrics, description=config.run.model,
     )
     ckpt = ocp.StandardCheckpointer()
     ckpt.save(os.path.join(out, "params"), state.params, force=True)
@@ -82,14 +97,15 @@ def train_main(config: TrainCommand) -> Any:
         "model": config.run.model,
         "dataset": config.run.dataset,
         "steps": config.run.train.steps,
-        "density": masks.density(mask),
+        "replicates": config.run.replicates,
+        "density": density,
         "final_test_accuracy": result.final_test_accuracy,
         "best_test_accuracy": result.best_test_accuracy,
         "early_stop_step": result.early_stop_step,
         "early_stop_test_accuracy": result.early_stop_test_accuracy,
     }
     with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(summary, f, indent=2, default=lambda a: np.asarray(a).tolist())
     _print_table(f"lotto train: {config.run.model} on {config.run.dataset}", summary)
     return result
 
@@ -102,7 +118,10 @@ def _print_table(title: str, rows: dict[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in rows.items():
-        if isinstance(value, float):
+        if isinstance(value, np.ndarray | list) and "accuracy" in key:
+            arr = 100 * np.asarray(value, float)
+            value = f"{arr.mean():.2f} ± {arr.std():.2f}%"
+        elif isinstance(value, float):
             value = f"{100 * value:.2f}%" if "accuracy" in key or key == "density" else f"{value:.4g}"
         table.add_row(key, str(value))
     Console().print(table)

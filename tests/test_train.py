@@ -321,6 +321,16 @@ def test_lotto_train_command_writes_outputs(tmp_path, capsys):
     assert "final_test_accuracy" in capsys.readouterr().out
 
 
+def test_lotto_train_replicates_match_single_runs(tmp_path):
+    """--replicates 2: replicate i equals a single run with seed + i, data seed + i."""
+    args = ["train", "--model", "mlp", "--steps", "20", "--eval-every", "10",
+            "--batch-size", "50", "--lr", "0.01"]
+    both = cli_run([*args, "--replicates", "2", "--out", str(tmp_path / "r")])
+    second = cli_run([*args, "--seed", "1", "--data-seed", "1", "--out", str(tmp_path / "s")])
+    assert both.final_test_accuracy[1] == pytest.approx(second.final_test_accuracy, abs=1e-6)
+    assert both.final_test_accuracy.shape == (2,)
+
+
 def test_lotto_help_lists_commands(capsys):
     cli_run(["--help"])
     text = capsys.readouterr().out
