@@ -305,99 +305,128 @@ def main(config: SupermaskConfig) -> dict[str, Any]:
     common.write_config(c, out)
     prep = common.prepare(c.run)
     prunable = masks.default_prunable
-    base = jax.random.key(c.run.seed)
-    k_weights, k_scores, k_sample, k_mask, k_eval = (
-        jax.random.fold_in(base, i) for i in range(1, 6)
-    )
     other = c.other_params or ("keep" if c.pretrained else "neutral")
-    if c.pretrained:
-        weights = load_params(c.pretrained, prep.params)
-        if other == "neutral":
-            weights = _neutral(weights, prunable)
-    else:
-        weights = init_weights(
-            prep.params, key=k_weights, method=c.weight_init, keep=c.keep, other=other
-        )
     score_init = c.score_init or ("magnitude" if c.pretrained else "kaiming-uniform")
-    scores = init_scores(weights, key=k_scores, method=score_init)
     apply_fn = train.classifier(prep.module)
-    if c.method == "edge-popup":
-        search = edge_popup(apply_fn, keep=c.keep)
-        state = init_state(weights, prep.model_state)
-    elif c.method == "bernoulli":
-        search = bernoulli(apply_fn, evaluation="expected")
-        state = init_state(weights, prep.model_state, key=k_sample)
-    else:
-        ranking = (
-            scores_lib.magnitude(weights) if c.sign_mask == "magnitude"
-            else scores_lib.random(weights, key=k_mask)
-        )
-        fixed = prune.to_density(ranking, masks.init(weights), c.keep, scope="layerwise")
-        search = sign(apply_fn)
-        state = init_state(weights, prep.model_state, mask=fixed)
+    search = {
+        "edge-popup": lambda: edge_popup(apply_fn, keep=c.keep),
+        "bernoulli": lambda: bernoulli(apply_fn, evaluation="expected"),
+        "sign": lambda: sign(apply_fn),
+    }[c.method]()
+
+    def setup(seed: int):
+        """Frozen weights, initial scores, search state and keys of one replicate."""
+        base = jax.random.key(seed)
+        keys = dict(zip(("weights", "scores", "sample", "mask", "eval"),
+                        (jax.random.fold_in(base, i) for i in range(1, 6)), strict=True))
+        params = common.init_variables(prep.module, prep.dataset.input_shape, seed)["params"]
+        if c.pretrained:
+            weights = load_params(c.pretrained, params)
+            if other == "neutral":
+                weights = _neutral(weights, prunable)
+        else:
+            weights = init_weights(
+                params, key=keys["weights"], method=c.weight_init, keep=c.keep, other=other
+            )
+        scores = init_scores(weights, key=keys["scores"], method=score_init)
+        if c.method == "edge-popup":
+            state = init_state(weights, prep.model_state)
+        elif c.method == "bernoulli":
+            state = init_state(weights, prep.model_state, key=keys["sample"])
+        else:
+            ranking = (
+                scores_lib.magnitude(weights) if c.sign_mask == "magnitude"
+                else scores_lib.random(weights, key=keys["mask"])
+            )
+            fixed = prune.to_density(ranking, masks.init(weights), c.keep, scope="layerwise")
+            state = init_state(weights, prep.model_state, mask=fixed)
+        return scores, state, keys
 
     x_test, y_test = jnp.asarray(prep.dataset.test.x), jnp.asarray(prep.dataset.test.y)
-    all_true = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), weights)
+    all_true = jax.tree.map(lambda w: jnp.ones(jnp.shape(w), bool), prep.params)
 
     def accuracy(params, model_state) -> float:
         st = train.TrainState(jnp.zeros((), jnp.int32), params, model_state, None)
         return float(prep.trainer.evaluate(st, all_true, x_test, y_test)[1])
 
-    baseline_all_ones = accuracy(weights, prep.model_state)
     trainer = train.make_trainer(search, c.run.train, num_train=prep.dataset.train.x.shape[0])
     metrics_path = os.path.join(out, "metrics.jsonl")
     if os.path.exists(metrics_path):
         os.remove(metrics_path)
-    ones = jax.tree.map(lambda s: jnp.ones(jnp.shape(s), bool), scores)
+    n_rep = c.run.replicates
+    reps = [setup(c.run.seed + i) for i in range(n_rep)]
+    ones = jax.tree.map(lambda s: jnp.ones(jnp.shape(s), bool), reps[0][0])
+    starts = [trainer.init(sc, st) for sc, st, _ in reps]
+    if n_rep == 1:
+        start, mask_in, data_key = starts[0], ones, prep.data_key
+    else:  # replicate i: seed + i, data seed + i, trained in one vmapped step
+        start, mask_in = common.stack(starts), common.stack([ones] * n_rep)
+        data_key = common.replicate_data_keys(c.run.data_seed, n_rep)
     final, fit = train.fit(
-        trainer, trainer.init(scores, state), ones, prep.dataset,
-        data_key=prep.data_key, metrics_path=metrics_path,
-        description=f"supermask {c.method}",
+        trainer, start, mask_in, prep.dataset, data_key=data_key, replicates=n_rep > 1,
+        metrics_path=metrics_path, description=f"supermask {c.method}",
     )
-    scores, state = final.params, final.model_state
     export = jax.jit(
         lambda s, st, key: (
             export_mask(search, s, st, key=key), export_weights(search, s, st, key=key)
         )
     )
-    mask, found = export(scores, state, None)
-    rows = masks.summary(mask)
+    pick = (lambda t, i: t) if n_rep == 1 else (lambda t, i: jax.tree.map(lambda x: x[i], t))
+    at = (lambda v, i: v) if n_rep == 1 else (lambda v, i: None if v is None else v[i])
+
+    def replicate_results(i: int) -> dict[str, Any]:
+        scores, state = pick(final.params, i), pick(final.model_state, i)
+        keys = reps[i][2]
+        mask, found = export(scores, state, None)
+        rows = masks.summary(mask)
+        res: dict[str, Any] = {
+            "density": masks.density(mask),
+            "layer_density": {r.path: r.density for r in rows if r.prunable},
+            "final_test_accuracy": at(fit.final_test_accuracy, i),
+            "best_test_accuracy": at(fit.best_test_accuracy, i),
+            "early_stop_step": at(fit.early_stop_step, i),
+            "early_stop_test_accuracy": at(fit.early_stop_test_accuracy, i),
+            "initial_test_accuracy": at(fit.curve[0].test_accuracy, i),
+            "exported_test_accuracy": accuracy(found, state.model_state),
+            "baselines": {"all_ones": accuracy(reps[i][1].weights, reps[i][1].model_state)},
+        }
+        if c.method != "sign":
+            shuffled = jax.jit(masks.shuffle)(mask, keys["mask"])
+            res["baselines"]["shuffled"] = accuracy(
+                masks.apply(state.weights, shuffled), state.model_state
+            )
+        if c.method == "bernoulli":
+            sampled = [
+                accuracy(export(scores, state, jax.random.fold_in(keys["eval"], j))[1],
+                         state.model_state)
+                for j in range(c.eval_samples)
+            ]
+            res.update(
+                expected_test_accuracy=res["final_test_accuracy"],
+                threshold_test_accuracy=res["exported_test_accuracy"],
+                sampled_test_accuracy=float(np.mean(sampled)),
+                sampled_test_accuracies=sampled,
+            )
+        return res
+
+    per_rep = [replicate_results(i) for i in range(n_rep)]
     results: dict[str, Any] = {
         "method": c.method,
         "keep": c.keep,
         "weight_init": None if c.pretrained else c.weight_init,
         "score_init": score_init,
         "pretrained": c.pretrained,
-        "density": masks.density(mask),
-        "layer_density": {r.path: r.density for r in rows if r.prunable},
-        "final_test_accuracy": fit.final_test_accuracy,
-        "best_test_accuracy": fit.best_test_accuracy,
-        "early_stop_step": fit.early_stop_step,
-        "early_stop_test_accuracy": fit.early_stop_test_accuracy,
-        "initial_test_accuracy": fit.curve[0].test_accuracy,
-        "exported_test_accuracy": accuracy(found, state.model_state),
-        "baselines": {"all_ones": baseline_all_ones},
+        "replicates": n_rep,
+        **(per_rep[0] if n_rep == 1 else _merge_replicates(per_rep)),
     }
-    if c.method != "sign":
-        shuffled = jax.jit(masks.shuffle)(mask, k_mask)
-        results["baselines"]["shuffled"] = accuracy(
-            masks.apply(state.weights, shuffled), state.model_state
-        )
-    if c.method == "bernoulli":
-        sampled = [
-            accuracy(export(scores, state, jax.random.fold_in(k_eval, i))[1],
-                     state.model_state)
-            for i in range(c.eval_samples)
-        ]
-        results.update(
-            expected_test_accuracy=fit.final_test_accuracy,
-            threshold_test_accuracy=results["exported_test_accuracy"],
-            sampled_test_accuracy=float(np.mean(sampled)),
-            sampled_test_accuracies=sampled,
-        )
+    scores, state = final.params, final.model_state
+    mask = export_mask(search, scores, state) if n_rep == 1 else jax.vmap(
+        lambda s, st: export_mask(search, s, st))(scores, state)
     _save(out, "mask", mask)
     if c.method == "sign":
-        _save(out, "signs", export_signs(search, scores, state))
+        signs = export_signs(search, scores, state) if n_rep == 1 else jax.vmap(
+            lambda s, st: export_signs(search, s, st))(scores, state)
+        _save(out, "signs", signs)
     _save(out, "scores", scores)
     _save(out, "weights", state.weights)
     if jax.tree.leaves(state.model_state):
@@ -408,11 +437,28 @@ def main(config: SupermaskConfig) -> dict[str, Any]:
     return results
 
 
+def _merge_replicates(per_rep: list[dict[str, Any]]) -> dict[str, Any]:
+    """One results dict from per-replicate ones: lists where the replicates differ."""
+    out: dict[str, Any] = {}
+    for key, first in per_rep[0].items():
+        values = [r[key] for r in per_rep]
+        if isinstance(first, dict):
+            out[key] = _merge_replicates(values)
+        else:
+            out[key] = first if all(v == first for v in values) else values
+    return out
+
+
 def _print_table(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    def pct(v):
+        if v is None:
+            return "-"
+        a = 100 * np.asarray(v, float)
+        return f"{a.mean():.2f} ± {a.std():.2f}%" if a.ndim else f"{float(a):.2f}%"
+
     table = Table(title=f"supermask search: {results['method']}, keep {results['keep']}")
     table.add_column("quantity")
     table.add_column("value", justify="right")

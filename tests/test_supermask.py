@@ -6,6 +6,7 @@ separately), ``sqrt(2 / fan_in)`` in float64 for the initialisers, sequential ru
 the vmapped one, and the plain model run on the exported weights for the export.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -471,6 +472,22 @@ def test_main_edge_popup_writes_results(tmp_path, capsys):
     acc = float(jnp.mean(jnp.argmax(logits, -1) == dataset.test.y))
     assert acc == pytest.approx(results["final_test_accuracy"], abs=1e-6)
     assert "supermask search" in capsys.readouterr().out
+
+
+def test_main_replicates_equal_single_runs(tmp_path):
+    """--replicates 2: replicate 1 is the single run with seed 1 and data seed 1."""
+    both = _config(tmp_path, "edge-popup", keep=0.3)
+    both = dataclasses.replace(both, run=dataclasses.replace(both.run, replicates=2))
+    rep = supermask.main(both)
+    single = _config(tmp_path / "s", "edge-popup", keep=0.3)
+    single = dataclasses.replace(
+        single, run=dataclasses.replace(single.run, seed=1, data_seed=1)
+    )
+    one = supermask.main(single)
+    assert rep["replicates"] == 2 and len(rep["final_test_accuracy"]) == 2
+    assert rep["final_test_accuracy"][1] == pytest.approx(one["final_test_accuracy"], abs=1e-6)
+    mask = ocp.StandardCheckpointer().restore(str(tmp_path / "edge-popup" / "mask"))
+    assert mask["Dense_0"]["kernel"].shape[0] == 2  # stacked replicate masks
 
 
 def test_main_bernoulli(tmp_path):
