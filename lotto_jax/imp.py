@@ -36,6 +36,51 @@ resumes from its last checkpoint and ends bit-for-bit where an uninterrupted run
 would. The trainer is built once; every round and control runs through the same
 compiled step.
 
+Many tickets in one compiled step:
+
+* **Replicates** (``replicates=True``; ``lotto imp --replicates S``): θ0, the model
+  state, ``data_key`` and ``key`` carry a leading replicate axis of size ``S``. The
+  ``S`` trunks train together in one vmapped step (:func:`lotto_jax.train.fit` with
+  ``replicates=True``), each round prunes each replicate's own θT
+  (:func:`lotto_jax.prune.by_fraction` vmapped over the replicate axis), and every
+  stored mask, weight and state keeps the axis; metrics become per-replicate lists
+  (the report shows mean ± std). :func:`main` draws replicate ``i`` from init seed
+  ``seed + i``, data order ``data_seed + i`` and control key ``seed + i``: replicate
+  0 is the single run.
+* **Stacked controls**: the unfinished controls of a round (× replicates) are
+  stacked along the replicate axis and trained by one ``fit`` call. Each keeps its
+  own directory (``controls/NAME/round_NNN/``), mid-round checkpoints and metrics;
+  a finished control is never retrained, and the ones resumed from checkpoints at
+  different steps train in separate stacks. Stacked results equal one-by-one
+  training (``stack_controls=False``) to float rounding (vmapped matmuls).
+* **Compiles**: the plain train chunk compiles once (the trunk of a single run, and
+  a control trained alone); the vmapped chunk once per distinct stack size: ``S``
+  for the trunk of an ``S``-replicate run and ``k·S`` for ``k`` controls trained
+  together. So a run with ``c >= 2`` controls compiles the train chunk twice
+  (``S = 1``: plain + ``c``; ``S > 1``: ``S`` + ``c·S``); one control with
+  ``S = 1``: once. Evaluation compiles likewise (per stack size and eval-set shape).
+  A resume that finds some controls of a round finished adds the size of the rest.
+* **Cheap checkpoints**: store writes run in call order on one background thread
+  (the trees are first copied on device, so the donated training state can move
+  on); a read waits only for queued writes to its own path, and the store's commit
+  protocol (manifest written after orbax finishes, the metrics marker last) is
+  unchanged, so a kill at any time leaves exactly what a synchronous run would
+  have left at some earlier instant. Mid-round checkpoints are taken every
+  ``save_interval`` seconds (default 60) unless ``save_every`` steps are asked for.
+* **Pruning**: scores and masks are one jitted call per round (vmapped over
+  replicates); the top-k selections of :func:`lotto_jax.prune.by_fraction` and
+  :func:`random_mask` are an O(n) bitwise search, not a sort (10-20x faster on
+  CPU). Pruning and the control masks are compiled in a background thread while
+  round 0 trains (one extra call on θ0).
+* **Timing**: :attr:`ImpResult.timing` splits each round's wall time into training,
+  evaluation, pruning (scores, masks, control masks and draws) and checkpointing
+  (main-thread time in the store, waits included), measured with
+  ``block_until_ready``; ``timing=True`` also writes each network's split into
+  its ``metrics.json`` (off by default: wall times would make re-runs differ).
+* **Meshes**: with ``mesh=`` (``lotto imp --mesh data=8``) every start state is
+  placed with :func:`lotto_jax.sharding.place_state` and every mask like its
+  params, so the trainer built on that mesh compiles once per stack size.
+
 References:
   Frankle & Carbin 2019, "The Lottery Ticket Hypothesis", arXiv:1803.03635.
   Frankle, Dziugaite, Roy & Carbin 2020, "Linear Mode Connectivity and the Lottery
@@ -48,6 +93,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -55,6 +102,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lotto_jax import _imp_runner as _runner
 from lotto_jax import common, masks, models, prune, scores, train
 from lotto_jax import data as data_lib
 from lotto_jax._types import Mask, Params, PRNGKey, Prunable
@@ -63,6 +111,7 @@ from lotto_jax.store import CorruptCheckpointError, RunStore, round_name
 __all__ = [
     "CONTROLS",
     "MUTABLE_FIELDS",
+    "TIMING_KEYS",
     "ImpConfig",
     "ImpResult",
     "RoundResult",
@@ -76,9 +125,13 @@ CONTROLS: tuple[str, ...] = ("reinit", "shuffle", "random")
 """The control names, in the order they run."""
 
 MUTABLE_FIELDS: tuple[str, ...] = (
-    "rounds", "controls", "save_every", "out", "overwrite", "new_dir", "run.data_dir",
+    "rounds", "controls", "save_every", "save_interval", "timing", "out", "overwrite",
+    "new_dir", "run.data_dir",
 )
 """ImpConfig fields that may change when a run directory is resumed."""
+
+TIMING_KEYS: tuple[str, ...] = ("train_s", "eval_s", "prune_s", "checkpoint_s")
+"""The parts of a round's wall time in :attr:`ImpResult.timing` (plus ``total_s``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +139,9 @@ class ImpConfig:
     """An IMP run: ``lotto imp --model lenet300 --rounds 10 --rewind step:500``.
 
     Attributes:
-      run: model, data, seeds and training of every round.
+      run: model, data, seeds and training of every round (``--replicates S``
+        trains S replicate runs together, ``--mesh data=N`` spreads batches over
+        devices).
       rounds: pruning rounds; rounds ``0..rounds`` are trained (round 0 dense).
         May be raised on an existing run to extend it.
       fraction: fraction of the surviving weights removed per round (Frankle &
@@ -97,13 +152,19 @@ class ImpConfig:
         ``"global"`` (one threshold over all layers; the ``output`` layer is pruned
         on its own when ``output_fraction`` is set).
       rewind: ``"init"``, ``"step:K"``, ``"lr"`` or ``"finetune"`` (module docs).
-      controls: any of ``reinit``, ``shuffle``, ``random``, run at every round >= 1.
-        Controls may be added to a finished run: the trunk is not retrained.
+      controls: any of ``reinit``, ``shuffle``, ``random``, run at every round >= 1,
+        trained together in one vmapped step. Controls may be added to a finished
+        run: the trunk is not retrained.
       prune_biases: prune biases too (every leaf, each its own layer), as the
         MNIST-1D notebook does; by default only kernels (``ndim >= 2``).
       out: the run directory (see :mod:`lotto_jax.store` for its layout).
       save_every: steps between mid-round checkpoints, taken at evaluation points;
-        ``None`` checkpoints at every evaluation.
+        ``None``: every ``save_interval`` seconds.
+      save_interval: with ``save_every=None``, seconds of training between
+        mid-round checkpoints (at evaluation points); 0 checkpoints at every
+        evaluation.
+      timing: write each network's wall-time split (train, eval, prune,
+        checkpoint) into its ``metrics.json`` and print the split per round.
       overwrite: delete an existing run in ``out`` and start afresh.
       new_dir: if ``out`` holds a run with another config, run in ``out_1``,
         ``out_2``, ... instead of refusing.
@@ -119,6 +180,8 @@ class ImpConfig:
     prune_biases: bool = False
     out: str = "runs/imp"
     save_every: int | None = None
+    save_interval: float = 60.0
+    timing: bool = False
     overwrite: bool = False
     new_dir: bool = False
 
@@ -137,19 +200,24 @@ class ImpConfig:
         _check_controls(self.controls)
         parse_rewind(self.rewind, self.run.train.steps)
         _check_save_every(self.save_every)
+        _check_save_interval(self.save_interval)
 
 
 class RoundResult(NamedTuple):
-    """One trained network of an IMP run.
+    """One trained network of an IMP run (or its replicates).
 
     Attributes:
       round: the round index (0 = dense).
       control: ``None`` for the trunk, else the control's name.
-      mask: the mask it was trained under.
+      mask: the mask it was trained under (with a leading replicate axis for
+        replicated runs).
       metrics: the JSON record of ``metrics.json``: ``density``, ``layers``
         (per-layer ``kept``, ``total``, ``density``), ``final_test_accuracy``,
         ``early_stop_step``, ``early_stop_test_accuracy``, ``best_test_accuracy``,
-        ``curve`` (evaluation records), ``start_step``, ``hold_lr``.
+        ``curve`` (evaluation records), ``start_step``, ``hold_lr``, and with
+        ``timing=True`` ``timing``. For replicated runs the accuracies, steps,
+        curve values and per-layer counts are lists over replicates and
+        ``density`` is their mean.
     """
 
     round: int
@@ -171,6 +239,9 @@ class ImpResult(NamedTuple):
       params: θT of the last trunk round (the final ticket's weights, pruned).
       model_state: its model state.
       directory: the run directory, or ``None`` without a store.
+      timing: per round, the wall-time split of what this call did there:
+        ``{"round", "train_s", "eval_s", "prune_s", "checkpoint_s", "total_s"}``
+        (trunk and controls together; see the module docs).
     """
 
     rounds: list[RoundResult]
@@ -178,6 +249,7 @@ class ImpResult(NamedTuple):
     params: Params
     model_state: Any
     directory: str | None
+    timing: list[dict[str, float]] | None = None
 
 
 def parse_rewind(rewind: str, steps: int) -> tuple[str, int]:
@@ -227,6 +299,14 @@ def _check_save_every(save_every: int | None) -> None:
         raise ValueError(f"save_every: expected a positive int or None, got {save_every!r}")
 
 
+def _check_save_interval(save_interval: float) -> None:
+    if isinstance(save_interval, bool) or not isinstance(save_interval, int | float) \
+            or not save_interval >= 0:
+        raise ValueError(
+            f"save_interval: expected seconds >= 0, got {save_interval!r}"
+        )
+
+
 def random_mask(mask: Mask, key: PRNGKey, *, prunable: Prunable = masks.default_prunable) -> Mask:
     """A random mask with the same kept count as ``mask`` in every prunable leaf.
 
@@ -234,7 +314,8 @@ def random_mask(mask: Mask, key: PRNGKey, *, prunable: Prunable = masks.default_
     (:func:`lotto_jax.scores.random`), exactly as many as ``mask`` keeps there;
     other leaves are returned unchanged. The result is a uniformly random subset of
     each layer's size: in distribution the same as :func:`lotto_jax.masks.shuffle`,
-    drawn independently.
+    drawn independently. The top scores are selected without a sort (O(n) per
+    layer). Works under ``jit`` and ``vmap``.
 
     Args:
       mask: gives the structure and the per-leaf counts.
@@ -258,11 +339,20 @@ def random_mask(mask: Mask, key: PRNGKey, *, prunable: Prunable = masks.default_
     def redraw(path, m, s):
         if not prunable(path, m):
             return m
-        flat = jnp.ravel(s)
-        ranks = jnp.argsort(jnp.argsort(-flat, stable=True), stable=True)
-        return (ranks < jnp.sum(m)).reshape(jnp.shape(m))
+        return _top_k(jnp.ravel(s), jnp.sum(m, dtype=jnp.int32)).reshape(jnp.shape(m))
 
     return jax.tree_util.tree_map_with_path(redraw, mask, draws)
+
+
+def _top_k(s: jax.Array, k: jax.Array) -> jax.Array:
+    """The ``k`` largest entries of a flat array, ties to the lowest positions, for a
+    traced ``k``: the set ``argsort(-s, stable=True)[:k]`` (-0 ties with 0; a NaN
+    counts as the largest value here, where that sort would put it last). For
+    float32 an O(n) selection (:func:`lotto_jax.prune._top_mask`), not a sort.
+    """
+    if s.dtype != jnp.float32:
+        return jnp.argsort(jnp.argsort(-s, stable=True), stable=True) < k
+    return prune._top_mask(s, None, k, prefer="first")
 
 
 def _control_mask(control: str, mask: Mask, key: PRNGKey, prunable: Prunable) -> Mask:
@@ -273,8 +363,32 @@ def _control_mask(control: str, mask: Mask, key: PRNGKey, prunable: Prunable) ->
     return random_mask(mask, key, prunable=prunable)
 
 
-def _layers(mask: Mask, prunable: Prunable) -> dict[str, Any]:
-    """Total and per-layer kept counts and densities of the prunable leaves."""
+def _replica(leaf, stacked: bool):
+    """What ``prunable`` sees of a leaf: one replicate's shape when stacked."""
+    return jax.ShapeDtypeStruct(np.shape(leaf)[1:], leaf.dtype) if stacked else leaf
+
+
+def _layers(mask: Mask, prunable: Prunable, stacked: bool = False) -> dict[str, Any]:
+    """Total and per-layer kept counts and densities of the prunable leaves.
+
+    Stacked masks give per-replicate lists of counts and densities, and ``density``
+    is their mean.
+    """
+    if stacked:
+        host = jax.tree.map(np.asarray, mask)
+        n = jax.tree.leaves(host)[0].shape[0]
+        per = [_layers(jax.tree.map(lambda m, i=i: m[i], host), prunable) for i in range(n)]
+        return {
+            "density": float(np.mean([p["density"] for p in per])),
+            "kept": [p["kept"] for p in per],
+            "total": per[0]["total"],
+            "layers": {
+                name: {"kept": [p["layers"][name]["kept"] for p in per],
+                       "total": layer["total"],
+                       "density": [p["layers"][name]["density"] for p in per]}
+                for name, layer in per[0]["layers"].items()
+            },
+        }
     layers = {}
     for path, m in jax.tree_util.tree_flatten_with_path(mask)[0]:
         if prunable(path, m):
@@ -287,10 +401,10 @@ def _layers(mask: Mask, prunable: Prunable) -> dict[str, Any]:
     return {"density": kept / total, "kept": kept, "total": total, "layers": layers}
 
 
-def _metrics(result: train.FitResult, mask, prunable, **extra) -> dict[str, Any]:
+def _metrics(result: train.FitResult, mask, prunable, stacked, **extra) -> dict[str, Any]:
     return {
         **extra,
-        **_layers(mask, prunable),
+        **_layers(mask, prunable, stacked),
         "final_test_accuracy": result.final_test_accuracy,
         "early_stop_step": result.early_stop_step,
         "early_stop_test_accuracy": result.early_stop_test_accuracy,
@@ -305,27 +419,36 @@ def _copy(tree):
     return jax.tree.map(jnp.copy, tree)
 
 
-_control_mask_jit = jax.jit(_control_mask, static_argnums=(0, 3))
 _init_mask = jax.jit(masks.init, static_argnums=1)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _prune(rule, final_params, mask):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _control_masks(control, mask, key, prunable, stacked):
+    """The control's mask, per replicate (own key) when ``stacked``."""
+    one = lambda m, k: _control_mask(control, m, k, prunable)  # noqa: E731
+    return jax.vmap(one)(mask, key) if stacked else one(mask, key)
+
+
+def _control_key(key, index: int, r: int, stacked: bool):
+    one = lambda k: jax.random.fold_in(jax.random.fold_in(k, index), r)  # noqa: E731
+    return jax.vmap(one)(key) if stacked else one(key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _prune(rule, final_params, mask, stacked=False):
     """``rule = (score_fn, fraction, scope, layer_fractions items, prunable)``:
-    the next mask, and per leaf the count of non-finite scores on kept weights."""
+    the next mask, and per leaf the count of non-finite scores on kept weights
+    (per replicate when ``stacked``: each replicate is pruned on its own θT)."""
     score_fn, fraction, scope, layer_fractions, prunable = rule
-    s = score_fn(final_params)
-    bad = jax.tree.map(lambda x, m: jnp.sum(m & ~jnp.isfinite(x)), s, mask)
-    new = prune.by_fraction(s, mask, fraction, scope=scope,
-                            layer_fractions=dict(layer_fractions), prunable=prunable)
-    return new, bad
 
+    def one(p, m):
+        s = score_fn(p)
+        bad = jax.tree.map(lambda x, k: jnp.sum(k & ~jnp.isfinite(x)), s, m)
+        new = prune.by_fraction(s, m, fraction, scope=scope,
+                                layer_fractions=dict(layer_fractions), prunable=prunable)
+        return new, bad
 
-@functools.partial(jax.jit, static_argnums=0)
-def _start(trainer, weights, mask, step):
-    """The start state of a round: masked weights, fresh optimizer state, ``step``."""
-    return trainer.init(masks.apply(weights["params"], mask),
-                        jax.tree.map(jnp.copy, weights["model_state"]), step=step)
+    return jax.vmap(one)(final_params, mask) if stacked else one(final_params, mask)
 
 
 def _fingerprint(fn: Callable) -> str:
@@ -334,17 +457,6 @@ def _fingerprint(fn: Callable) -> str:
         return f"partial({_fingerprint(fn.func)})"
     module = getattr(fn, "__module__", None) or type(fn).__module__
     return f"{module}.{getattr(fn, '__qualname__', None) or type(fn).__qualname__}"
-
-
-def _abstract(tree):
-    """Abstract leaves; committed arrays keep their sharding (restored like them)."""
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(
-            jnp.shape(x), jnp.result_type(x),
-            sharding=x.sharding if getattr(x, "committed", False) else None,
-        ),
-        tree,
-    )
 
 
 def _key_list(key) -> list:
@@ -362,54 +474,29 @@ def _trees_equal(a, b) -> bool:
     )
 
 
-class _Runner:
-    """Trains one network (a trunk round or a control round), with checkpoints."""
+def _draw(init_fn, key, stacked: bool) -> dict[str, Any]:
+    """Fresh ``{"params", "model_state"}`` from ``init_fn`` (one per replicate key)."""
+    if not stacked:
+        return dict(zip(("params", "model_state"), init_fn(key), strict=True))
+    return common.stack([_draw(init_fn, k, False) for k in key])
 
-    def __init__(self, trainer, dataset, data_key, store, save_every, progress):
-        self.trainer, self.dataset, self.data_key = trainer, dataset, data_key
-        self.store, self.save_every, self.progress = store, save_every, progress
 
-    def train(self, prefix, start, mask, *, hold_lr, description, stop_at=None,
-              on_stop=None):
-        """Trains from ``start()`` (or the latest checkpoint of ``prefix``) to the end.
+def _replicate_count(params0, model_state0, data_key, key) -> int:
+    sizes = {name: [np.shape(x)[0] if np.ndim(x) else None for x in jax.tree.leaves(tree)]
+             for name, tree in (("params0", params0), ("model_state0", model_state0),
+                                ("data_key", data_key), ("key", key))}
+    flat = {s for v in sizes.values() for s in v}
+    if len(flat) != 1 or None in flat:
+        raise ValueError(
+            "replicates: params0, model_state0, data_key and key must all carry the "
+            "same leading replicate axis; leading sizes: "
+            + ", ".join(f"{k}: {sorted(set(v), key=str)}" for k, v in sizes.items())
+        )
+    return flat.pop()
 
-        With ``stop_at=K``, training pauses at step ``K`` and ``on_stop(state)``
-        runs (to save θK) before it goes on.
-        """
-        if self.store is not None and self.store.latest_step_number(prefix) is not None:
-            # restored with the placement of a fresh start state: the same signature
-            state, meta = self.store.latest_step(prefix, _abstract(start()))
-            history = [train.EvalRecord(**r) for r in meta["curve"]]
-        else:
-            state, history = start(), []
-        curve = list(history)
-        last = {"step": int(state.step)}
 
-        def callback(st, rec):
-            curve.append(rec)
-            step, steps = int(rec.step), self.trainer.config.steps
-            if self.store is None or not 0 < step < steps:
-                return
-            every = self.save_every or 1
-            if step // every > last["step"] // every:
-                self.store.save_step(
-                    prefix, step, st, meta={"curve": [r._asdict() for r in curve]}
-                )
-                last["step"] = step
-
-        kw = dict(data_key=self.data_key, hold_lr=hold_lr, callback=callback,
-                  progress=self.progress, description=description)
-        if stop_at is not None and on_stop is not None:
-            if int(state.step) > stop_at:
-                raise CorruptCheckpointError(
-                    f"{prefix}: resumed at step {int(state.step)} but the rewind point "
-                    f"of step {stop_at} was never saved"
-                )
-            state, res = train.fit(self.trainer, state, mask, self.dataset,
-                                   until=stop_at, history=history, **kw)
-            history = res.curve
-            on_stop(state)
-        return train.fit(self.trainer, state, mask, self.dataset, history=history, **kw)
+# ----------------------------------------------------------------------------------
+# the driver
 
 
 def run_imp(
@@ -431,6 +518,11 @@ def run_imp(
     prunable: Prunable = masks.default_prunable,
     init_fn: Callable[[PRNGKey], tuple[Params, Any]] | None = None,
     save_every: int | None = None,
+    save_interval: float = 60.0,
+    replicates: bool = False,
+    stack_controls: bool = True,
+    mesh: jax.sharding.Mesh | None = None,
+    timing: bool = False,
     progress: bool | None = None,
 ) -> ImpResult:
     """Runs IMP for ``rounds`` pruning rounds, with rewinding and controls.
@@ -442,7 +534,7 @@ def run_imp(
 
     Args:
       trainer: from :func:`lotto_jax.train.make_trainer`, built once; every round
-        and control reuses its compiled step.
+        and control reuses its compiled step (module docs: compiles).
       params0: θ0, the initial weights.
       model_state0: the initial non-trained collections (``{}`` if none).
       dataset: train / validation / test arrays.
@@ -462,9 +554,18 @@ def run_imp(
       prunable: which leaves are pruned (:func:`lotto_jax.masks.all_leaves` prunes
         biases too).
       init_fn: ``init_fn(key) -> (params, model_state)``, a fresh draw of the
-        initialiser; required by the ``"reinit"`` control.
+        initialiser (one replicate); required by the ``"reinit"`` control.
       save_every: steps between mid-round checkpoints (at evaluation points);
-        ``None``: at every evaluation.
+        ``None``: every ``save_interval`` seconds.
+      save_interval: with ``save_every=None``, seconds between mid-round
+        checkpoints (taken at evaluation points); 0: at every evaluation.
+      replicates: ``params0``, ``model_state0``, ``data_key`` and ``key`` carry a
+        leading replicate axis; the replicates train together (module docs).
+      stack_controls: train a round's unfinished controls together in one vmapped
+        step (else one after another).
+      mesh: the mesh the trainer was built on (``make_trainer(..., mesh=)``):
+        start states are placed on it.
+      timing: also write each network's wall-time split into its metrics.
       progress: show progress bars (default: when stderr is a terminal).
 
     Returns:
@@ -485,11 +586,13 @@ def run_imp(
     kind, k_step = parse_rewind(rewind, steps)
     _check_controls(controls)
     _check_save_every(save_every)
+    _check_save_interval(save_interval)
     if not isinstance(rounds, int) or rounds < 0:
         raise ValueError(f"rounds: expected an int >= 0, got {rounds!r}")
     if "reinit" in controls and init_fn is None:
         raise ValueError("init_fn: the 'reinit' control needs init_fn(key) -> (params, model_state)")
     model_state0 = {} if model_state0 is None else model_state0
+    n_rep = _replicate_count(params0, model_state0, data_key, key) if replicates else None
     controls = [c for c in CONTROLS if c in controls]
     record = {
         "rounds": rounds, "fraction": fraction, "scope": scope,
@@ -500,29 +603,88 @@ def run_imp(
         "data_key": _key_list(data_key),
         "key": _key_list(key),
     }
+    if replicates:
+        record["replicates"] = n_rep
     if isinstance(store, str):
         store = RunStore.open(store, record, mutable=("rounds", "controls"))
+    clock = _runner.Clock()
+    writer = None
     if store is not None:
         store.check_record("driver", record, mutable=("rounds", "controls"))
+        store = writer = _runner.WriteBehind(store, clock)
+    try:
+        result = _run(
+            trainer, params0, model_state0, dataset, rounds=rounds, fraction=fraction,
+            scope=scope, layer_fractions=layer_fractions, kind=kind, k_step=k_step,
+            rewind=rewind, controls=controls, data_key=data_key, key=key, store=store,
+            score_fn=score_fn, prunable=prunable, init_fn=init_fn,
+            save_every=save_every, save_interval=save_interval, replicates=replicates,
+            stack_controls=stack_controls, mesh=mesh, timing=timing, progress=progress,
+            clock=clock,
+        )
+    except BaseException:
+        if writer is not None:
+            writer.close(raise_errors=False)
+        raise
+    if writer is not None:
+        t = time.perf_counter()
+        writer.close()  # the last writes land before we return
+        dt = time.perf_counter() - t
+        result.timing[-1]["checkpoint_s"] += dt
+        result.timing[-1]["total_s"] += dt
+    return result
 
+
+def _run(trainer, params0, model_state0, dataset, *, rounds, fraction, scope,
+         layer_fractions, kind, k_step, rewind, controls, data_key, key, store, score_fn,
+         prunable, init_fn, save_every, save_interval, replicates, stack_controls, mesh,
+         timing, progress, clock) -> ImpResult:
+    steps = trainer.config.steps
     rule = (score_fn, fraction, scope, tuple((layer_fractions or {}).items()), prunable)
 
     def prune_next(final_params, mask):
-        new, bad = _prune(rule, final_params, mask)
-        flat_bad = jax.tree_util.tree_flatten_with_path(bad)[0]
-        for (path, n), m in zip(flat_bad, jax.tree.leaves(mask), strict=True):
-            if prunable(path, m) and int(n):
-                raise ValueError(
-                    f"score_fn: scores{jax.tree_util.keystr(path)} has {int(n)} NaN or "
-                    "infinite scores on kept weights"
-                )
-        return new
+        with clock("prune"):
+            ready()
+            new, bad = _prune(rule, final_params, mask, replicates)
+            flat_bad = jax.tree_util.tree_flatten_with_path(bad)[0]
+            for (path, n), m in zip(flat_bad, jax.tree.leaves(mask), strict=True):
+                if prunable(path, _replica(m, replicates)) and int(np.sum(n)):
+                    raise ValueError(
+                        f"score_fn: scores{jax.tree_util.keystr(path)} has {int(np.sum(n))} "
+                        "NaN or infinite scores on kept weights"
+                    )
+            return jax.block_until_ready(new)
 
     mask_all = _init_mask(params0, prunable)
-    jax.eval_shape(functools.partial(_prune, rule), params0, mask_all)  # bad args fail here
-    weights_target = _abstract({"params": params0, "model_state": model_state0})
-    mask_target = _abstract(mask_all)
-    runner = _Runner(trainer, dataset, data_key, store, save_every, progress)
+    jax.eval_shape(lambda p, m: _prune(rule, p, m, replicates), params0, mask_all)
+
+    def warm():
+        # Compiles pruning and the control masks (seconds on a CPU) while round 0
+        # trains: the same signatures as the real calls, so they hit the cache.
+        try:
+            p, m = params0, mask_all
+            if mesh is not None:  # trained weights, hence masks, live on the mesh
+                from lotto_jax.sharding import param_shardings, place
+
+                p, m = (place(t, param_shardings(t, mesh)) for t in (p, m))
+            m = _prune(rule, p, m, replicates)[0]
+            for ci, c in enumerate(CONTROLS):
+                if c in controls and c != "reinit":
+                    _control_masks(c, m, _control_key(key, ci, 1, replicates),
+                                   prunable, replicates)
+        except Exception:  # the real call raises it where it belongs
+            pass
+
+    ready: Callable[[], None] = lambda: None  # noqa: E731
+    if rounds > 0 and not (store is not None and store.has(f"{round_name(rounds)}/mask")):
+        warmer = threading.Thread(target=warm, name="lotto-warm", daemon=True)
+        warmer.start()
+        ready = warmer.join
+    weights_target = _runner.abstract({"params": params0, "model_state": model_state0})
+    mask_target = _runner.abstract(mask_all)
+    runner = _runner.Runner(trainer, dataset, data_key, store, save_every=save_every,
+                     save_interval=save_interval, progress=progress, stacked=replicates,
+                     mesh=mesh, clock=clock)
 
     def save(item, tree):
         if store is not None:
@@ -584,27 +746,24 @@ def run_imp(
             return theta_k(), k_step, -1
         return final(r - 1), 0, (steps - 1 if kind == "finetune" else -1)
 
-    def start_fn(weights, mask, step):
-        return lambda: _start(trainer, weights, mask, jnp.asarray(step, jnp.int32))
-
-    def train_one(prefix, weights, mask, step, hold, description, **kw):
-        state, res = runner.train(
-            prefix, start_fn(weights, mask, step), mask, hold_lr=hold,
-            description=description, **kw,
-        )
+    def finish(u: _runner.Unit, state, res, spent):
         out = {"params": state.params, "model_state": state.model_state}
-        metrics = _metrics(res, mask, prunable, start_step=step, hold_lr=hold,
-                           rewind=rewind)
+        metrics = _metrics(res, u.mask, prunable, replicates, start_step=u.step,
+                           hold_lr=u.hold, rewind=rewind)
+        if timing:
+            metrics["timing"] = spent
         if store is not None:
-            store.save(f"{prefix}/final", out)
-            store.write_json(f"{prefix}/metrics.json", metrics)  # the round is done
-            store.clear_steps(prefix)
+            store.save(f"{u.prefix}/final", out)
+            store.write_json(f"{u.prefix}/metrics.json", metrics)  # the round is done
+            store.clear_steps(u.prefix)
         return out, metrics
 
     trunk: list[RoundResult] = []
     ctrl: dict[str, list[RoundResult]] = {c: [] for c in controls}
+    timings: list[dict[str, float]] = []
     mask = None
     for r in range(rounds + 1):
+        t_round, snap = time.perf_counter(), clock.snapshot()
         name = round_name(r)
         prev = mask
         mask = load_or(
@@ -612,7 +771,11 @@ def run_imp(
             (lambda: mask_all) if r == 0
             else (lambda r=r, prev=prev: prune_next(final(r - 1)["params"], prev)),
         )
-        density = _layers(mask, prunable)["density"]
+        density = _layers(mask, prunable, replicates)["density"]
+
+        def describe(names, r=r, density=density):
+            return f"{'+'.join(names)} {r}/{rounds} ({100 * density:.1f}%)"
+
         if finished(name):
             metrics = store.read_json(f"{name}/metrics.json")
         else:
@@ -626,51 +789,96 @@ def run_imp(
                 stop = k_step
                 if store is not None and store.has("rewind"):
                     stop = on_stop = None
-            out, metrics = train_one(
-                name, weights, mask, step, hold,
-                f"round {r}/{rounds} ({100 * density:.1f}%)",
-                stop_at=stop, on_stop=on_stop,
-            )
-            finals[r] = out
+            unit = _runner.Unit(name, "round", weights, mask, step, hold)
+            ((state, res),) = runner.train([unit], describe, stop_at=stop, on_stop=on_stop)
+            finals[r], metrics = finish(unit, state, res, clock.since(snap))
             final(r)  # drops older rounds from memory
         trunk.append(RoundResult(r, None, mask, metrics))
-        if r == 0:
-            continue
-        for ci, c in enumerate(CONTROLS):
-            if c not in controls:
-                continue
-            ckey = jax.random.fold_in(jax.random.fold_in(key, ci), r)
-            cname = round_name(r, c)
-            cmask = load_or(
-                f"{cname}/mask", mask_target,
-                functools.partial(_control_mask_jit, c, mask, ckey, prunable),
-            )
-            if finished(cname):
-                cmetrics = store.read_json(f"{cname}/metrics.json")
-            else:
-                weights, step, hold = source(r)
-                if c == "reinit":
-                    weights = load_or(
-                        f"{cname}/init", weights_target,
-                        lambda ckey=ckey: dict(zip(("params", "model_state"),
-                                                   init_fn(ckey), strict=True)),
-                    )
-                _, cmetrics = train_one(
-                    cname, weights, cmask, step, hold,
-                    f"{c} {r}/{rounds} ({100 * density:.1f}%)",
-                )
-            ctrl[c].append(RoundResult(r, c, cmask, cmetrics))
+        if r > 0:
+            for c, rr in _run_controls(
+                r, mask, controls, key=key, store=store, prunable=prunable,
+                init_fn=init_fn, replicates=replicates, stack_controls=stack_controls,
+                runner=runner, clock=clock, load_or=load_or, finished=finished,
+                source=source, finish=finish, describe=describe, mask_target=mask_target,
+                weights_target=weights_target, ready=ready,
+            ):
+                ctrl[c].append(rr)
+        timings.append({"round": r, **clock.since(snap),
+                        "total_s": time.perf_counter() - t_round})
     last = final(rounds)
     return ImpResult(
         rounds=trunk, controls=ctrl, params=last["params"],
         model_state=last["model_state"],
-        directory=None if store is None else store.directory,
+        directory=None if store is None else store.directory, timing=timings,
     )
+
+
+def _run_controls(r, mask, controls, *, key, store, prunable, init_fn, replicates,
+                  stack_controls, runner, clock, load_or, finished, source, finish,
+                  describe, mask_target, weights_target, ready):
+    """The controls of round ``r``: ``[(name, RoundResult)]`` in CONTROLS order; the
+    unfinished ones trained together (one stack) unless ``stack_controls`` is off."""
+    done: dict[str, RoundResult] = {}
+    todo: list[_runner.Unit] = []
+    snap = clock.snapshot()
+    for ci, c in enumerate(CONTROLS):
+        if c not in controls:
+            continue
+        ckey = _control_key(key, ci, r, replicates)
+        cname = round_name(r, c)
+
+        def make_mask(c=c, ckey=ckey):
+            with clock("prune"):
+                ready()
+                return jax.block_until_ready(
+                    _control_masks(c, mask, ckey, prunable, replicates))
+
+        cmask = load_or(f"{cname}/mask", mask_target, make_mask)
+        if finished(cname):
+            done[c] = RoundResult(r, c, cmask, store.read_json(f"{cname}/metrics.json"))
+            continue
+        weights, step, hold = source(r)
+        if c == "reinit":
+            def draw(ckey=ckey):
+                with clock("prune"):
+                    return jax.block_until_ready(_draw(init_fn, ckey, replicates))
+
+            weights = load_or(f"{cname}/init", weights_target, draw)
+        todo.append(_runner.Unit(cname, c, weights, cmask, step, hold))
+    stacks = [todo] if stack_controls and todo else [[u] for u in todo]
+    for units in stacks:
+        trained = runner.train(units, describe)
+        spent = {**clock.since(snap), "stack": [u.name for u in units]}
+        for u, (state, res) in zip(units, trained, strict=True):
+            _, metrics = finish(u, state, res, spent)
+            done[u.name] = RoundResult(r, u.name, u.mask, metrics)
+        snap = clock.snapshot()
+    return [(c, done[c]) for c in CONTROLS if c in done]
+
+
+def _print_timing(timings: Sequence[Mapping[str, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="IMP wall time per round (s)")
+    for h in ("round", *TIMING_KEYS, "total_s", "prune+ckpt %"):
+        t.add_column(h, justify="right")
+    for row in timings:
+        share = 100 * (row["prune_s"] + row["checkpoint_s"]) / max(row["total_s"], 1e-9)
+        t.add_row(str(row["round"]), *[f"{row[k]:.2f}" for k in (*TIMING_KEYS, "total_s")],
+                  f"{share:.1f}")
+    Console().print(t)
 
 
 def main(config: ImpConfig) -> ImpResult:
     """Runs :class:`ImpConfig`: prepares data and model, runs IMP in ``config.out``
-    (resuming what is there), prints the table and returns the result."""
+    (resuming what is there), prints the table and returns the result.
+
+    With ``run.replicates = S > 1`` replicate ``i`` starts from
+    ``init_variables(seed + i)``, reads data in the order of ``key(data_seed + i)``
+    (:func:`lotto_jax.common.replicate_data_keys`) and draws its controls from
+    ``fold_in(key(seed + i), 1)``: replicate 0 is the single run.
+    """
     from lotto_jax import report
 
     store = RunStore.open(
@@ -683,18 +891,36 @@ def main(config: ImpConfig) -> ImpResult:
         None if config.output_fraction is None
         else {f"^{models.OUTPUT_LAYER}/": config.output_fraction}
     )
+    input_shape = prep.dataset.input_shape
+    n_rep = config.run.replicates
 
     def init_fn(key):
-        variables = models.init(prep.module, key, prep.dataset.input_shape)
+        variables = models.init(prep.module, key, input_shape)
         return variables["params"], {k: v for k, v in variables.items() if k != "params"}
 
+    def control_key(seed):
+        return jax.random.fold_in(jax.random.key(seed), 1)
+
+    if n_rep > 1:
+        variables = common.replicate_variables(prep.module, input_shape, config.run.seed, n_rep)
+        params0 = variables["params"]
+        model_state0 = {k: v for k, v in variables.items() if k != "params"}
+        data_key = common.replicate_data_keys(config.run.data_seed, n_rep)
+        key = jnp.stack([control_key(config.run.seed + i) for i in range(n_rep)])
+    else:
+        params0, model_state0 = prep.params, prep.model_state
+        data_key, key = prep.data_key, control_key(config.run.seed)
+
     result = run_imp(
-        prep.trainer, prep.params, prep.model_state, prep.dataset,
+        prep.trainer, params0, model_state0, prep.dataset,
         rounds=config.rounds, fraction=config.fraction, scope=config.scope,
         layer_fractions=layer_fractions, rewind=config.rewind,
-        controls=config.controls, data_key=prep.data_key,
-        key=jax.random.fold_in(jax.random.key(config.run.seed), 1),
+        controls=config.controls, data_key=data_key, key=key,
         store=store, prunable=prunable, init_fn=init_fn, save_every=config.save_every,
+        save_interval=config.save_interval, replicates=n_rep > 1, mesh=prep.mesh,
+        timing=config.timing,
     )
     report.print_table(report.load_run(store.directory))
+    if config.timing:
+        _print_timing(result.timing)
     return result

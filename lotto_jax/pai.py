@@ -609,7 +609,8 @@ class PaiConfig:
     """Prune at initialisation, then train the sparse network and its controls.
 
     Attributes:
-      run: model, data, seeds and training.
+      run: model, data, seeds and training; ``--replicates S`` prunes and trains S
+        replicates (init seed ``seed + i``) together, results as mean ± std.
       method: the pruning method: random, magnitude, snip, grasp or synflow.
       density: fraction of prunable weights kept, in (0, 1].
       scope: ``global`` (one threshold over all layers) or ``layerwise``.
@@ -666,25 +667,80 @@ def _save_mask(path: str, mask: Mask) -> None:
     ckptr.close()
 
 
+def _pct(v) -> str:
+    if v is None:
+        return "-"
+    a = 100 * np.asarray(v, float)
+    return f"{float(a):.2f}%" if a.ndim == 0 else f"{a.mean():.2f} ± {a.std():.2f}%"
+
+
 def _print_table(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    n_rep = results.get("replicates", 1)
     table = Table(title=f"pruning at init: {results['method']} at density "
-                  f"{100 * results['density']:.2f}% ({results['scope']})")
+                  f"{100 * results['density']:.2f}% ({results['scope']})"
+                  + (f", {n_rep} replicates (mean ± std)" if n_rep > 1 else ""))
     for col in ("variant", "density", "collapsed", "final acc", "early-stop acc (step)",
                 "best acc"):
         table.add_column(col, justify="left" if col in ("variant", "collapsed") else "right")
     for name, r in results["variants"].items():
         es = r["early_stop_test_accuracy"]
+        step = r["early_stop_step"]
+        step = step if np.ndim(step) == 0 else f"{np.mean(step):.0f} ± {np.std(step):.0f}"
         table.add_row(
-            name, pct(r["density"]), ", ".join(r["collapsed_layers"]) or "-",
-            pct(r["final_test_accuracy"]),
-            "-" if es is None else f"{pct(es)} ({r['early_stop_step']})",
-            pct(r["best_test_accuracy"]),
+            name, _pct(r["density"]), ", ".join(r["collapsed_layers"]) or "-",
+            _pct(r["final_test_accuracy"]),
+            "-" if es is None else f"{_pct(es)} ({step})",
+            _pct(r["best_test_accuracy"]),
         )
     Console(file=sys.stdout).print(table)
+
+
+def _variant_entry(control, replica_masks: list[Mask], fit: train.FitResult) -> dict[str, Any]:
+    """The results.json entry of one variant (lists over replicates when several)."""
+    collapsed = [collapsed_layers(m) for m in replica_masks]
+    layer = [_layer_densities(m) for m in replica_masks]
+    entry: dict[str, Any] = {
+        "control": control,
+        "density": float(np.mean([masks_lib.density(m) for m in replica_masks])),
+        "layer_densities": layer[0] if len(layer) == 1
+        else {k: [d[k] for d in layer] for k in layer[0]},
+        # layers collapsed in any replicate, in tree order
+        "collapsed_layers": collapsed[0] if len(collapsed) == 1
+        else [k for k in layer[0] if any(k in c for c in collapsed)],
+    }
+    if len(replica_masks) > 1:
+        entry["collapsed_layers_per_replicate"] = collapsed
+    return {
+        **entry,
+        "final_test_accuracy": fit.final_test_accuracy,
+        "early_stop_step": fit.early_stop_step,
+        "early_stop_test_accuracy": fit.early_stop_test_accuracy,
+        "best_test_accuracy": fit.best_test_accuracy,
+        "curve": [r._asdict() for r in fit.curve],
+    }
+
+
+_RECORD_VALUES = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+
+
+def _take_record(rec: train.EvalRecord, start: int, rows: int | None) -> train.EvalRecord:
+    """The rows ``start : start + rows`` (or row ``start``) of a stacked record."""
+
+    def take(v):
+        if v is None:
+            return None
+        v = np.asarray(v, float)
+        return float(v[start]) if rows is None else v[start : start + rows]
+
+    return rec._replace(**{f: take(getattr(rec, f)) for f in _RECORD_VALUES})
+
+
+def _json_record(rec: train.EvalRecord) -> str:
+    return json.dumps({k: v.tolist() if isinstance(v, np.ndarray) else v
+                       for k, v in rec._asdict().items()})
 
 
 def main(config: PaiConfig) -> dict[str, Any]:
@@ -694,13 +750,25 @@ def main(config: PaiConfig) -> dict[str, Any]:
     reused for every variant); the snip/grasp sample (``sample_per_class`` examples
     per class drawn with ``fold_in(data_key, 1)``); :func:`prune_at_init`; the
     controls (``shuffle`` with ``fold_in(key(seed), 2)``, ``reinit`` with
-    ``fold_in(key(seed), 3)``, ``invert`` re-running the method inverted); then
-    :func:`lotto_jax.train.fit` for each variant from its masked θ0.
+    ``fold_in(key(seed), 3)``, ``invert`` re-running the method inverted); then one
+    :func:`lotto_jax.train.fit` that trains every variant together, vmapped (one
+    compiled step; a single network trains unvmapped).
 
-    Writes in ``config.out``: ``config.json``; ``results.json`` with, per variant,
-    the overall and per-layer densities, collapsed layers, final / early-stop /
-    best test accuracy and the curve; ``metrics_<variant>.jsonl``; and each mask
-    as an orbax checkpoint ``masks/<variant>`` (restore with
+    With ``run.replicates = S > 1``, replicate ``i`` does all of this from its own
+    θ0 (``init_variables(seed + i)``), keys ``key(seed + i)`` and data key
+    ``key(data_seed + i)`` (the snip/grasp sample and the data order): the method
+    scores and prunes each replicate's weights, and the ``variants × S`` networks
+    train in that one vmapped step. Replicate 0 is the single run. With
+    ``run.mesh`` the stacked state is placed on the mesh
+    (:func:`lotto_jax.sharding.place_state`).
+
+    Writes in ``config.out``: ``config.json``; ``results.json`` with ``replicates``
+    and, per variant, the overall (mean) and per-layer densities, collapsed layers,
+    final / early-stop / best test accuracy and the curve, each a list over
+    replicates when ``S > 1`` (plus ``collapsed_layers_per_replicate``; the top-level
+    ``collapsed_layers`` lists the layers collapsed in any replicate);
+    ``metrics_<variant>.jsonl``; and each mask as an orbax checkpoint
+    ``masks/<variant>`` (with a leading replicate axis when ``S > 1``; restore with
     ``StandardCheckpointer().restore(path, jax.eval_shape(lambda: mask))``).
 
     Args:
@@ -715,73 +783,113 @@ def main(config: PaiConfig) -> dict[str, Any]:
     common.write_config(c, out)
     prep = common.prepare(c.run)
     ds = prep.dataset
+    n_rep = c.run.replicates
     train_apply = train.classifier(prep.module)
-    params, model_state = prep.params, prep.model_state
-    seed_key = jax.random.key(c.run.seed)
-
-    def logits_fn(p, x):
-        return train_apply(p, model_state, x, False)[0]
+    data_keys = common.replicate_data_keys(c.run.data_seed, n_rep)
 
     def apply_fn(p, s, x):
         return train_apply(p, s, x, False)[0]
 
-    batches = None
-    if c.method in ("snip", "grasp"):
-        batches = scores_lib.sample_batches(
-            ds.train.x, ds.train.y, key=jax.random.fold_in(prep.data_key, 1),
-            num_classes=ds.num_classes, per_class=c.sample_per_class,
-        )
+    loss_fns: list[tuple[Any, Any]] = []  # (model_state, loss_fn): one compile each
 
-    loss_fn = scores_lib.cross_entropy(logits_fn)  # one object: one compilation
+    def loss_for(model_state):
+        for state, fn in loss_fns:
+            if jax.tree.structure(state) == jax.tree.structure(model_state) and all(
+                np.array_equal(a, b) for a, b in
+                zip(jax.tree.leaves(state), jax.tree.leaves(model_state), strict=True)
+            ):
+                return fn
+        fn = scores_lib.cross_entropy(lambda p, x: train_apply(p, model_state, x, False)[0])
+        loss_fns.append((model_state, fn))
+        return fn
 
-    def pai(invert_scores: bool) -> Mask:
-        return prune_at_init(
-            c.method, params=params, density=c.density, scope=c.scope,
-            key=jax.random.fold_in(seed_key, 1), loss_fn=loss_fn, apply_fn=apply_fn,
-            model_state=model_state, batches=batches, input_shape=ds.input_shape,
-            rounds=c.pai_rounds, dtype=jnp.float64 if c.synflow_float64 else None,
-            invert=invert_scores, prevent_collapse=c.prevent_collapse,
-        )
-
-    mask = pai(False)
-    variants: list[tuple[str, str | None, Mask, Params, Any]] = [
-        (c.method, None, mask, params, model_state)
-    ]
-    for control in c.controls:
-        if control == "shuffle":
-            m = shuffle(mask, key=jax.random.fold_in(seed_key, 2))
-            variants.append((control, control, m, params, model_state))
-        elif control == "reinit":
-            fresh = reinit(prep.module, ds.input_shape, key=jax.random.fold_in(seed_key, 3))
-            state = {k: v for k, v in fresh.items() if k != "params"}
-            variants.append((control, control, mask, fresh["params"], state))
+    # per replicate: [(name, control, mask, params, model_state)] in variant order
+    replicas: list[list[tuple[str, str | None, Mask, Params, Any]]] = []
+    for i in range(n_rep):
+        if i == 0:
+            params, model_state = prep.params, prep.model_state
         else:
-            variants.append((control, control, pai(True), params, model_state))
+            v = common.init_variables(prep.module, ds.input_shape, c.run.seed + i)
+            params = v["params"]
+            model_state = {k: x for k, x in v.items() if k != "params"}
+        seed_key = jax.random.key(c.run.seed + i)
+        batches = None
+        if c.method in ("snip", "grasp"):
+            batches = scores_lib.sample_batches(
+                ds.train.x, ds.train.y, key=jax.random.fold_in(data_keys[i], 1),
+                num_classes=ds.num_classes, per_class=c.sample_per_class,
+            )
+        loss_fn = loss_for(model_state)
 
+        def pai(invert_scores: bool, params=params, model_state=model_state,
+                batches=batches, loss_fn=loss_fn, seed_key=seed_key) -> Mask:
+            return prune_at_init(
+                c.method, params=params, density=c.density, scope=c.scope,
+                key=jax.random.fold_in(seed_key, 1), loss_fn=loss_fn, apply_fn=apply_fn,
+                model_state=model_state, batches=batches, input_shape=ds.input_shape,
+                rounds=c.pai_rounds, dtype=jnp.float64 if c.synflow_float64 else None,
+                invert=invert_scores, prevent_collapse=c.prevent_collapse,
+            )
+
+        mask = pai(False)
+        variants = [(c.method, None, mask, params, model_state)]
+        for control in c.controls:
+            if control == "shuffle":
+                m = shuffle(mask, key=jax.random.fold_in(seed_key, 2))
+                variants.append((control, control, m, params, model_state))
+            elif control == "reinit":
+                fresh = reinit(prep.module, ds.input_shape,
+                               key=jax.random.fold_in(seed_key, 3))
+                state = {k: x for k, x in fresh.items() if k != "params"}
+                variants.append((control, control, mask, fresh["params"], state))
+            else:
+                variants.append((control, control, pai(True), params, model_state))
+        replicas.append(variants)
+
+    # every variant x replicate in one stack, variant-major
+    names = [v[0] for v in replicas[0]]
+    nets = [replicas[i][j] for j in range(len(names)) for i in range(n_rep)]
+    keys = [data_keys[i] for _ in names for i in range(n_rep)]
+    states = [prep.trainer.init(masks_lib.apply(p, m), s) for _, _, m, p, s in nets]
+    stacked = len(nets) > 1
+    if stacked:
+        state, mask_all = common.stack(states), common.stack([n[2] for n in nets])
+        data_key = jnp.stack(keys)
+    else:
+        state, mask_all, data_key = states[0], nets[0][2], keys[0]
+    if prep.mesh is not None:
+        from lotto_jax.sharding import place_state
+
+        state = place_state(state, prep.mesh, tx=prep.trainer.tx)
+    rows = n_rep if n_rep > 1 else None
+    parts = [(j * n_rep, rows) for j in range(len(names))]
+    paths = [os.path.join(out, f"metrics_{name}.jsonl") for name in names]
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
+
+    def callback(_, rec):
+        for path, (start, n) in zip(paths, parts, strict=True):
+            with open(path, "a") as f:
+                f.write(_json_record(_take_record(rec, start, n) if stacked else rec) + "\n")
+
+    _, fit = train.fit(
+        prep.trainer, state, mask_all, ds, data_key=data_key, replicates=stacked,
+        callback=callback, description="+".join(names),
+    )
     results: dict[str, Any] = {
-        "method": c.method, "density": c.density, "scope": c.scope, "variants": {},
+        "method": c.method, "density": c.density, "scope": c.scope, "replicates": n_rep,
+        "variants": {},
     }
-    for name, control, m, p, s in variants:
-        state = prep.trainer.init(masks_lib.apply(p, m), s)
-        metrics_path = os.path.join(out, f"metrics_{name}.jsonl")
-        if os.path.exists(metrics_path):
-            os.remove(metrics_path)
-        _, fit = train.fit(
-            prep.trainer, state, m, ds, data_key=prep.data_key,
-            metrics_path=metrics_path, description=name,
-        )
-        _save_mask(os.path.join(out, "masks", name), m)
-        results["variants"][name] = {
-            "control": control,
-            "density": masks_lib.density(m),
-            "layer_densities": _layer_densities(m),
-            "collapsed_layers": collapsed_layers(m),
-            "final_test_accuracy": fit.final_test_accuracy,
-            "early_stop_step": fit.early_stop_step,
-            "early_stop_test_accuracy": fit.early_stop_test_accuracy,
-            "best_test_accuracy": fit.best_test_accuracy,
-            "curve": [r._asdict() for r in fit.curve],
-        }
+    for j, (name, (start, n)) in enumerate(zip(names, parts, strict=True)):
+        replica_masks = [replicas[i][j][2] for i in range(n_rep)]
+        _save_mask(os.path.join(out, "masks", name),
+                   replica_masks[0] if n_rep == 1 else common.stack(replica_masks))
+        res = train.summarize([_take_record(r, start, n) for r in fit.curve]) \
+            if stacked else fit
+        results["variants"][name] = _variant_entry(replicas[0][j][1], replica_masks, res)
+    results = json.loads(json.dumps(  # per-replicate arrays -> lists
+        results, default=lambda o: o.tolist() if isinstance(o, np.ndarray | np.generic) else o))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     _print_table(results)

@@ -22,6 +22,7 @@ Both functions are pure ``jnp`` code: they run eagerly, under ``jit`` and under
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -77,8 +78,50 @@ def _removed_count(frac, n_kept: jax.Array) -> jax.Array:
     return ((cols[4] & 0xFFFF) | (cols[5] << 16)).astype(jnp.int32)
 
 
+def _sort_keys(s: jax.Array) -> jax.Array:
+    """uint32 keys of float32 ``s`` ordered like ``jnp.sort`` orders ``s``: -0 ties
+    with 0, every NaN ties with every other and sorts last."""
+    s = jnp.where(s == 0, jnp.zeros_like(s), s)
+    s = jnp.where(jnp.isnan(s), jnp.full_like(s, jnp.nan), s)
+    bits = jax.lax.bitcast_convert_type(s, jnp.uint32)
+    # negative floats flip every bit (more negative, smaller key); the others set the
+    # sign bit (above every negative one)
+    return jnp.where((bits >> 31) == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+@functools.partial(jax.jit, static_argnames="prefer")  # eager callers compile once per shape
+def _top_mask(scores: jax.Array, valid: jax.Array | None, k, *, prefer: str) -> jax.Array:
+    """The ``k`` largest ``valid`` entries of flat float32 ``scores`` (all valid ones
+    if there are fewer), ties at the threshold broken by position: ``prefer="first"``
+    keeps the lower positions, ``"last"`` the higher ones.
+
+    An O(32 n) selection instead of a sort (XLA's CPU sort of 250k entries takes
+    ~80 ms, this ~6 ms): the k-th largest key is built bit by bit, from the most
+    significant, as the largest ``t`` with ``count(key >= t) >= k``.
+    """
+    u = _sort_keys(scores)
+    valid = jnp.ones(u.shape, bool) if valid is None else valid
+    k = jnp.asarray(k, jnp.int32)
+
+    def step(i, t):
+        candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+        enough = jnp.sum(valid & (u >= candidate), dtype=jnp.int32) >= k
+        return jnp.where(enough, candidate, t)
+
+    t = jax.lax.fori_loop(0, 32, step, jnp.uint32(0))
+    above, ties = valid & (u > t), valid & (u == t)
+    need = k - jnp.sum(above, dtype=jnp.int32)
+    if prefer == "first":
+        rank = jnp.cumsum(ties, dtype=jnp.int32)
+    else:
+        rank = jnp.cumsum(ties[::-1], dtype=jnp.int32)[::-1]
+    return above | (ties & (rank <= need))
+
+
 def _keep_top(scores: jax.Array, kept: jax.Array, n_keep) -> jax.Array:
     """Keeps the ``n_keep`` best kept entries of flat ``scores``."""
+    if scores.dtype == jnp.float32:  # the same set as the sort below, without it
+        return _top_mask(scores, kept, n_keep, prefer="last")
     n = scores.shape[0]
     # lexsort: last key is primary. Pruned (kept=0) first, then by score, then by
     # position (the sort is stable), so the lowest ranks are removed first.

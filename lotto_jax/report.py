@@ -5,7 +5,8 @@ the ``metrics.json`` of every finished round and control round. :func:`table` tu
 into rows (round, % weights remaining, final test accuracy, early-stop iteration, test
 accuracy there, best test accuracy, and final/best accuracy of each control);
 :func:`figures` writes the PNGs of :mod:`lotto_jax.plots`. Metrics that carry a
-replicate axis (lists) are shown as mean ± std and drawn with a ±std band.
+replicate axis (lists, from ``lotto imp --replicates S``) are shown as mean ± std
+(population std over the replicates) and drawn with a ±std band.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "load_run",
     "main",
     "print_table",
+    "replicates",
     "table",
 ]
 
@@ -122,6 +124,12 @@ def load_run(directory: str) -> RunData:
     return RunData(os.path.abspath(directory), config, rounds, controls)
 
 
+def replicates(run: RunData) -> int:
+    """The number of replicates of a run (``run.replicates`` of its config; 1 when
+    absent), i.e. the length of its per-replicate metric lists."""
+    return int((run.config.get("run") or {}).get("replicates") or 1)
+
+
 def _fmt(value: Any, *, scale: float = 1.0, digits: int = 2) -> str:
     if value is None:
         return "-"
@@ -176,7 +184,9 @@ def print_table(run: RunData) -> None:
     from rich.table import Table
 
     header, rows = table(run)
-    t = Table(title=f"IMP: {run.directory}")
+    n_rep = replicates(run)
+    t = Table(title=f"IMP: {run.directory}"
+              + (f" ({n_rep} replicates: mean ± std)" if n_rep > 1 else ""))
     for h in header:
         t.add_column(h, justify="right")
     for r in rows:

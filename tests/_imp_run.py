@@ -6,6 +6,9 @@ calling test, and no time spent generating MNIST-1D again); with ``--pause-in
 PREFIX`` it sleeps after every mid-run checkpoint of that round, so the test can
 SIGKILL it at a known point (a checkpoint exists, the round is unfinished). It prints
 ``fit NAME from STEP`` for every training it starts and ``done`` at the end.
+
+``python tests/_imp_run.py --mesh-check DATA.npz`` (run with 8 host devices) checks
+IMP on a ``data=8`` mesh against one device (:func:`mesh_check`).
 """
 
 from __future__ import annotations
@@ -45,14 +48,59 @@ def setup(dataset: data.Dataset | None = None):
 
 
 def run(trainer, params0, dataset, init_fn, *, store, rounds=2, controls=("shuffle",),
-        rewind="init", save_every=20):
+        rewind="init", save_every=20, data_key=None, key=None, **kw):
+    """The tiny IMP run; ``data_key`` and ``key`` default to key(1) and key(2)."""
     return imp.run_imp(
         trainer, params0, {}, dataset, rounds=rounds, fraction=FRACTION,
         scope="layerwise", layer_fractions={"^output/": OUTPUT_FRACTION},
-        rewind=rewind, controls=controls, data_key=jax.random.key(1),
-        key=jax.random.key(2), store=store, init_fn=init_fn, save_every=save_every,
-        progress=False,
+        rewind=rewind, controls=controls,
+        data_key=jax.random.key(1) if data_key is None else data_key,
+        key=jax.random.key(2) if key is None else key, store=store, init_fn=init_fn,
+        save_every=save_every, progress=False, **kw,
     )
+
+
+def replicated(module, dataset, n: int):
+    """``(params0, data_key, key)`` of ``n`` replicates stacked; replicate 0 is the
+    single run's (init key(0), data key(1), control key(2))."""
+    params = [models.init(module, jax.random.key(i), dataset.input_shape)["params"]
+              for i in range(n)]
+    stack = lambda *xs: jax.numpy.stack(xs)  # noqa: E731
+    return (jax.tree.map(stack, *params),
+            stack(*[jax.random.key(1 + 10 * i) for i in range(n)]),
+            stack(*[jax.random.key(2 + 10 * i) for i in range(n)]))
+
+
+def mesh_check(data_path: str) -> None:
+    """IMP (2 rounds, shuffle and random controls) on one device and data-parallel
+    over 8 (``XLA_FLAGS=--xla_force_host_platform_device_count=8``): the same masks,
+    and one compile of each train chunk on the mesh."""
+    from lotto_jax import sharding
+
+    assert len(jax.devices()) == 8, jax.devices()
+    dataset = load_dataset(data_path)
+    _, module, params0, trainer, init_fn = setup(dataset)
+    controls = ("shuffle", "random")
+    one = run(trainer, params0, dataset, init_fn, store=None, controls=controls)
+    mesh = sharding.make_mesh("data=8")
+    mesh_trainer = train.make_trainer(train.classifier(module), trainer.config,
+                                      num_train=dataset.train.x.shape[0], mesh=mesh)
+    many = run(mesh_trainer, params0, dataset, init_fn, store=None, controls=controls,
+               mesh=mesh)
+    pairs = [(a.mask, b.mask) for a, b in zip(one.rounds, many.rounds, strict=True)]
+    pairs += [(a.mask, b.mask) for c in controls
+              for a, b in zip(one.controls[c], many.controls[c], strict=True)]
+    for a, b in pairs:
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    kernel = many.params["Dense_0"]["kernel"]
+    assert len(kernel.sharding.device_set) == 8, kernel.sharding
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(many.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    sizes = (mesh_trainer._train_chunk._cache_size(),
+             mesh_trainer._train_chunk_vmapped._cache_size())
+    assert sizes == (1, 1), sizes  # the trunk alone; the two controls stacked
+    print("MESH OK", flush=True)
 
 
 def save_dataset(dataset: data.Dataset, path: str) -> None:
@@ -69,6 +117,9 @@ def load_dataset(path: str) -> data.Dataset:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "--mesh-check":
+        mesh_check(sys.argv[2])
+        sys.exit(0)
     directory, data_path = sys.argv[1], sys.argv[2]
     if "--pause-in" in sys.argv:
         from lotto_jax.store import RunStore

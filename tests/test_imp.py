@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lotto_jax import imp, masks, train
+from lotto_jax import imp, masks, prune, train
 from lotto_jax.store import ConfigMismatchError, CorruptCheckpointError, RunStore
 
 HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
@@ -37,19 +37,33 @@ def host(tree):
 
 
 class FitSpy:
-    """Wraps train.fit; records each call's start state, mask and end params."""
+    """Wraps train.fit; records each network's start state, mask and end params.
+
+    A stacked call (``replicates=True``, controls trained together, one row each:
+    description ``"reinit+random 1/2 (...)"``) is recorded as one call per member.
+    """
 
     def __init__(self):
         self.calls = []
+        self.stacks = []  # the member names of every fit call
         self.real = train.fit
 
     def __call__(self, trainer, state, mask, dataset, **kw):
-        rec = {"description": kw.get("description"), "step": int(state.step),
-               "params": host(state.params), "mask": host(mask),
-               "hold_lr": kw.get("hold_lr", -1), "until": kw.get("until")}
+        desc = kw.get("description")
+        names, _, rest = desc.partition(" ")
+        members = names.split("+") if kw.get("replicates") else [names]
+        self.stacks.append(members)
+        rows = [(m, (lambda t: t) if not kw.get("replicates")
+                 else (lambda t, i=i: jax.tree.map(lambda x: x[i], t)))
+                for i, m in enumerate(members)]
+        recs = [{"description": f"{m} {rest}", "step": int(take(state.step)),
+                 "params": host(take(state.params)), "mask": host(take(mask)),
+                 "hold_lr": kw.get("hold_lr", -1), "until": kw.get("until")}
+                for m, take in rows]
         state, result = self.real(trainer, state, mask, dataset, **kw)
-        rec["final"] = host(state.params)
-        self.calls.append(rec)
+        for rec, (_, take) in zip(recs, rows, strict=True):
+            rec["final"] = host(take(state.params))
+            self.calls.append(rec)
         return state, result
 
     def trained(self, prefix):
@@ -284,11 +298,68 @@ def test_random_mask_counts_and_independence():
     assert len({np.asarray(a).tobytes() for a in draws["a"]}) == 300
 
 
+def test_top_k_selection_equals_a_stable_sort():
+    """imp._top_k and prune._top_mask (O(n) bitwise selections) against numpy's
+    stable sorts, on tie-heavy inputs with -0.0, 0.0, infinities and NaN, every k."""
+    rng = np.random.default_rng(0)
+    top_k = jax.jit(imp._top_k)
+    keep_last = jax.jit(lambda s, v, k: prune._top_mask(s, v, k, prefer="last"))
+    values = np.array([-2.0, -0.5, -0.0, 0.0, 0.5, 2.0, np.inf, -np.inf, np.nan], np.float32)
+    for n in (1, 7, 40):
+        for _ in range(4):
+            s = rng.choice(values, n).astype(np.float32)
+            canon = np.where(s == 0, 0.0, s)  # jnp.sort's order: -0 = 0, NaN largest
+            key = np.where(np.isnan(canon), np.inf, canon)
+            nan_last = np.isnan(canon).astype(int)
+            order = np.lexsort((np.arange(n), -key, -nan_last))  # largest first, stable
+            for k in range(n + 1):
+                want = np.zeros(n, bool)
+                want[order[:k]] = True
+                np.testing.assert_array_equal(np.asarray(top_k(s, np.int32(k))), want)
+            # prune.by_fraction's variant: only valid (kept) entries, ties to the last
+            valid = rng.random(n) < 0.7
+            by_rank = np.lexsort((np.arange(n), key, nan_last, valid))  # ascending
+            for k in range(int(valid.sum()) + 1):
+                want = np.zeros(n, bool)
+                want[by_rank[n - k:]] = True
+                np.testing.assert_array_equal(
+                    np.asarray(keep_last(s, valid, np.int32(k))), want & valid)
+    # random_mask keeps the top N(0, 1) draws: the double argsort it replaced
+    m = {"w": np.arange(5000).reshape(50, 100) % 7 < 3}
+    draws = imp.scores.random(jax.tree.map(lambda x: np.zeros(x.shape, np.float32), m),
+                              key=jax.random.key(3))["w"].ravel()
+    old = np.argsort(np.argsort(-np.asarray(draws), kind="stable"), kind="stable") < m["w"].sum()
+    np.testing.assert_array_equal(
+        np.asarray(imp.random_mask(m, jax.random.key(3))["w"]).ravel(), old)
+
+
+def test_checkpoint_cadence(setup, tmp_path):
+    """save_every=None checkpoints by wall time: save_interval=0 at every
+    evaluation (steps 10, 20), a long interval never mid-round."""
+    dataset, _, params0, trainer, init_fn = setup
+    seen = []
+    save_step = RunStore.save_step
+
+    def counting(self, prefix, step, tree, **kw):
+        seen.append(step)
+        return save_step(self, prefix, step, tree, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RunStore, "save_step", counting)
+        for interval, want in ((0, [10, 20]), (3600, [])):
+            seen.clear()
+            tiny.run(trainer, params0, dataset, init_fn, store=str(tmp_path / f"r{interval}"),
+                     rounds=0, controls=(), save_every=None, save_interval=interval)
+            assert seen == want
+
+
 def test_adding_controls_does_not_retrain_the_trunk(init_run):
     spy2 = init_run["spy2"]
     described = sorted({c["description"].split()[0] for c in spy2.calls})
     assert described == ["random", "reinit"]
     assert len(spy2.calls) == 4  # 2 controls x rounds 1, 2
+    # the two missing controls of each round trained together, one vmapped fit
+    assert spy2.stacks == [["reinit", "random"]] * 2
     for path, mtime in init_run["mtimes"].items():
         assert os.stat(path).st_mtime_ns == mtime, path
     first, second = init_run["first"], init_run["result"]
@@ -433,3 +504,5 @@ def test_parse_rewind_and_config_validation():
         imp.ImpConfig(controls=("reinit", "bogus"))
     with pytest.raises(ValueError, match="save_every"):
         imp.ImpConfig(save_every=0)
+    with pytest.raises(ValueError, match="save_interval"):
+        imp.ImpConfig(save_interval=-1.0)

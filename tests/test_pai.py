@@ -305,3 +305,51 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
     assert saved["variants"]["reinit"]["layer_densities"] == \
         saved["variants"]["snip"]["layer_densities"]
     assert saved["variants"]["snip"]["best_test_accuracy"] > 0.15  # it learned something
+
+
+def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsys):
+    """--replicates 2: replicate 0 is the single run (same masks, accuracy to float
+    rounding); replicate 1 is SNIP on its own θ0 (seed + 1) and its own sample
+    (data seed + 1); results are per-replicate lists, shown as mean ± std."""
+    def config(out, replicates):
+        return pai.PaiConfig(
+            run=common.RunConfig(
+                model="mnist1d_mlp", validation=500, replicates=replicates,
+                train=train.TrainConfig(steps=10, batch_size=100, eval_every=10, lr=2e-2),
+            ),
+            method="snip", density=0.05, controls=("shuffle",), sample_per_class=5,
+            out=out,
+        )
+
+    one_dir, two_dir = str(tmp_path / "one"), str(tmp_path / "two")
+    one = pai.main(config(one_dir, 1))
+    two = pai.main(config(two_dir, 2))
+    assert "± " in capsys.readouterr().out  # the table shows mean ± std
+    assert (one["replicates"], two["replicates"]) == (1, 2)
+    ckpt = ocp.StandardCheckpointer()
+    for name in ("snip", "shuffle"):
+        a, b = one["variants"][name], two["variants"][name]
+        m1 = ckpt.restore(os.path.join(one_dir, "masks", name))
+        m2 = ckpt.restore(os.path.join(two_dir, "masks", name))
+        for x, y in zip(jax.tree.leaves(m1), jax.tree.leaves(m2), strict=True):
+            np.testing.assert_array_equal(x, y[0])  # replicate 0 = the single run
+        assert not np.array_equal(m2["Dense_1"]["kernel"][0], m2["Dense_1"]["kernel"][1])
+        assert b["density"] == pytest.approx(a["density"])
+        assert len(b["final_test_accuracy"]) == 2 and len(b["curve"][-1]["test_accuracy"]) == 2
+        assert abs(b["final_test_accuracy"][0] - a["final_test_accuracy"]) <= 2e-3
+        assert {k: v[0] for k, v in b["layer_densities"].items()} == a["layer_densities"]
+        assert len(b["collapsed_layers_per_replicate"]) == 2
+    # replicate 1: SNIP of its own weights on its own sample
+    prep = common.prepare(config(two_dir, 2).run)
+    params1 = common.init_variables(prep.module, prep.dataset.input_shape, 1)["params"]
+    apply = train.classifier(prep.module)
+    batches = scores.sample_batches(
+        prep.dataset.train.x, prep.dataset.train.y,
+        key=jax.random.fold_in(jax.random.key(1), 1), num_classes=10, per_class=5)
+    want = pai.prune_at_init(
+        "snip", params=params1, density=0.05,
+        loss_fn=scores.cross_entropy(lambda p, x: apply(p, {}, x, False)[0]),
+        batches=batches)
+    got = ckpt.restore(os.path.join(two_dir, "masks", "snip"))
+    for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), y[1])

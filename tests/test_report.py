@@ -130,3 +130,50 @@ def test_plots_band_and_errors(tmp_path):
         plots.early_stop_vs_density({}, str(tmp_path / "d.png"))
     with pytest.raises(FileNotFoundError, match="no finished round"):
         report.load_run(str(tmp_path))
+
+
+def test_real_replicated_run_mean_std_and_bands(tmp_path):
+    """lotto imp with 2 replicates, end to end: per-replicate lists in metrics.json,
+    mean ± std in the table, ±std bands in the figures."""
+    import dataclasses
+
+    import numpy as np
+
+    base = config(str(tmp_path / "rep"))
+    cfg = dataclasses.replace(base, rounds=1,
+                              run=dataclasses.replace(base.run, replicates=2))
+    result = imp.main(cfg)
+    with open(os.path.join(cfg.out, "round_001", "metrics.json")) as f:
+        stored = json.load(f)
+    assert len(stored["final_test_accuracy"]) == 2
+    assert len(stored["curve"][-1]["test_accuracy"]) == 2
+    assert stored["layers"]["Dense_1/kernel"]["kept"] == [200000, 200000]
+    rep = report.main(report.ReportConfig(dir=cfg.out, figures=str(tmp_path / "fig")))
+    _, rows = report.table(rep.run)
+    assert report.replicates(rep.run) == 2
+
+    def mean_std(values):
+        a = 100 * np.asarray(values)
+        return f"{a.mean():.2f} ± {a.std():.2f}"
+
+    for r, row in enumerate(rows):
+        m = result.rounds[r].metrics
+        assert row[2] == mean_std(m["final_test_accuracy"])
+        assert row[5] == mean_std(m["best_test_accuracy"])
+    c = result.controls["random"][0].metrics
+    assert rows[1][6:] == [mean_std(c["final_test_accuracy"]),
+                           mean_std(c["best_test_accuracy"])]
+    # accuracy.png is drawn with the ±std bands: redrawn without them it differs
+    series = {k: report._series(recs, "final_test_accuracy", scale=100)
+              for k, recs in {"IMP": rep.run.rounds, **rep.run.controls}.items()}
+    assert all(s[2] is not None and np.all(np.isfinite(s[2])) for s in series.values())
+    (drawn,) = [p for p in rep.figures if os.path.basename(p) == "accuracy.png"]
+    again = plots.accuracy_vs_density(series, str(tmp_path / "again.png"),
+                                      ylabel="Final test accuracy (%)")
+    plain = plots.accuracy_vs_density({k: (x, m, None) for k, (x, m, _) in series.items()},
+                                      str(tmp_path / "plain.png"),
+                                      ylabel="Final test accuracy (%)")
+    assert open(drawn, "rb").read() == open(again, "rb").read()
+    assert open(drawn, "rb").read() != open(plain, "rb").read()
+    for path in rep.figures:
+        assert open(path, "rb").read()[:8] == PNG
