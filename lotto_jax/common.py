@@ -46,8 +46,10 @@ class RunConfig:
       data_seed: the seed of the validation split and of the data order.
       data_dir: TFDS data directory.
       replicates: independent replicates trained together in one vmapped step;
-        replicate ``i`` uses init seed ``seed + i`` and data seed ``data_seed + i``
-        (replicate 0 is the single run). Results carry a leading replicate axis.
+        replicate ``i`` uses init seed ``seed + i`` and the data order of
+        ``data_seed + i`` (replicate 0 is the single run); all replicates share the
+        validation split drawn with ``data_seed``. Results carry a leading replicate
+        axis.
       mesh: devices as ``"data=N[,model=M]"`` (see :mod:`lotto_jax.sharding`):
         batches split over ``data``; ``None`` runs on JAX's default device.
       train: the training hyperparameters.
