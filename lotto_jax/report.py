@@ -39,7 +39,11 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class ReportConfig:
-    """Which run to report on: ``lotto report runs/imp``.
+    """Tables and figures of a run: ``lotto report runs/imp``.
+
+    ``DIR`` is an IMP run directory, or a directory of ``lotto pai`` /
+    ``lotto supermask`` runs (a sweep: one table and accuracy-vs-density figures
+    over all of them, see :mod:`lotto_jax.sweeps`).
 
     Attributes:
       dir: the run directory (positional on the command line).
@@ -241,8 +245,16 @@ def figures(run: RunData, directory: str) -> list[str]:
     return out
 
 
-def main(config: ReportConfig) -> Report:
-    """Prints the table of ``config.dir`` and writes its figures."""
+def main(config: ReportConfig) -> Report | Any:
+    """Prints the table of ``config.dir`` and writes its figures.
+
+    A directory of PaI or supermask runs goes to :func:`lotto_jax.sweeps.main`
+    (its return value is returned).
+    """
+    from lotto_jax import sweeps
+
+    if sweeps.is_sweep(config.dir):
+        return sweeps.main(config.dir, figures_dir=config.figures)
     run = load_run(config.dir)
     print_table(run)
     paths = figures(run, config.figures or os.path.join(config.dir, "figures"))

@@ -61,3 +61,13 @@ def test_empty_or_missing_directory_is_reported(tmp_path):
         sweeps.main(str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="no PaI or supermask runs"):
         sweeps.main(str(tmp_path))
+
+
+def test_lotto_report_dispatches_sweeps(tmp_path, capsys):
+    from lotto_jax.cli import run
+
+    _write(tmp_path / "snip_a", _pai("snip", 0.1, 0.9))
+    runs, (header, rows), paths = run(["report", str(tmp_path)])
+    assert len(runs) == 1 and header[0] == "method" and len(paths) == 1
+    assert rows[0][:3] == ["snip", "10", "90.00"]
+    assert "sweep" in capsys.readouterr().out
