@@ -77,8 +77,7 @@ def test_star_import(modname):
 
 
 def test_models_subpackage():
-    if "lotto_jax.models" not in PUBLIC_MODULES:
-        pytest.skip("no lotto_jax.models subpackage")
+    assert "lotto_jax.models" in PUBLIC_MODULES
     models = importlib.import_module("lotto_jax.models")
     assert models.__all__
     for attr in models.__all__:
