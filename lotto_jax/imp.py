@@ -405,11 +405,7 @@ def _metrics(result: train.FitResult, mask, prunable, stacked, **extra) -> dict[
     return {
         **extra,
         **_layers(mask, prunable, stacked),
-        "final_test_accuracy": result.final_test_accuracy,
-        "early_stop_step": result.early_stop_step,
-        "early_stop_test_accuracy": result.early_stop_test_accuracy,
-        "best_test_accuracy": result.best_test_accuracy,
-        "curve": [r._asdict() for r in result.curve],
+        **result.metrics(),
     }
 
 

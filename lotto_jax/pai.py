@@ -713,14 +713,7 @@ def _variant_entry(control, replica_masks: list[Mask], fit: train.FitResult) -> 
     }
     if len(replica_masks) > 1:
         entry["collapsed_layers_per_replicate"] = collapsed
-    return {
-        **entry,
-        "final_test_accuracy": fit.final_test_accuracy,
-        "early_stop_step": fit.early_stop_step,
-        "early_stop_test_accuracy": fit.early_stop_test_accuracy,
-        "best_test_accuracy": fit.best_test_accuracy,
-        "curve": [r._asdict() for r in fit.curve],
-    }
+    return {**entry, **fit.metrics()}
 
 
 _RECORD_VALUES = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")

@@ -239,6 +239,16 @@ class FitResult(NamedTuple):
     early_stop_test_accuracy: Any
     best_test_accuracy: Any
 
+    def metrics(self) -> dict[str, Any]:
+        """The accuracies, the early-stop step and the curve as a dict (run stores)."""
+        return {
+            "final_test_accuracy": self.final_test_accuracy,
+            "early_stop_step": self.early_stop_step,
+            "early_stop_test_accuracy": self.early_stop_test_accuracy,
+            "best_test_accuracy": self.best_test_accuracy,
+            "curve": [r._asdict() for r in self.curve],
+        }
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Trainer:
