@@ -60,7 +60,19 @@ NUM_TRAIN = 60_000
 GOAL = 3.0
 
 
-class _TorchLoop:
+
+class _Timed:
+    """``block(steps)``: a timed block that runs ``self.run(steps)``."""
+
+    def block(self, steps):
+        def run() -> float:
+            t0 = time.perf_counter()
+            self.run(steps)
+            return time.perf_counter() - t0
+
+        return run
+
+class _TorchLoop(_Timed):
     """The plain PyTorch training loop, resumable across timed blocks."""
 
     def __init__(self, torch, x, y, *, masked, density, seed, threads):
@@ -110,16 +122,8 @@ class _TorchLoop:
             self.step += 1
         self.last_loss = loss.item()
 
-    def block(self, steps):
-        def run() -> float:
-            t0 = time.perf_counter()
-            self.run(steps)
-            return time.perf_counter() - t0
 
-        return run
-
-
-class _OursLoop:
+class _OursLoop(_Timed):
     """``Trainer.train_chunk`` called repeatedly, as ``train.fit`` does."""
 
     def __init__(self, trainer, state, mask, data_key, x, y):
@@ -137,14 +141,6 @@ class _OursLoop:
         jax.block_until_ready(state)
         self.state = state
         self.last_loss = float(loss)
-
-    def block(self, steps):
-        def run() -> float:
-            t0 = time.perf_counter()
-            self.run(steps)
-            return time.perf_counter() - t0
-
-        return run
 
 
 def main(argv=None):
