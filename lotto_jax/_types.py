@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 import jax
 
-__all__ = ["KeyPath", "Mask", "PRNGKey", "Params", "Prunable", "Scores"]
+__all__ = ["Groups", "KeyPath", "Mask", "PRNGKey", "Params", "Prunable", "Scores"]
 
 Params: TypeAlias = Any
 """Any pytree of arrays: linen ``variables['params']``, nnx ``State``, dicts, lists."""
@@ -22,3 +22,6 @@ Scores: TypeAlias = Any
 PRNGKey: TypeAlias = jax.Array
 KeyPath: TypeAlias = tuple[Any, ...]
 Prunable: TypeAlias = Callable[[KeyPath, Any], bool]
+Groups: TypeAlias = str | Callable[[KeyPath], str]
+"""How prunable leaves pool into pruning groups: ``"leaf"``, ``"layer"`` or a function
+``(key_path) -> group name`` (:func:`lotto_jax.masks.group_name`)."""

@@ -105,7 +105,7 @@ import numpy as np
 from lotto_jax import _imp_runner as _runner
 from lotto_jax import common, masks, models, prune, scores, train
 from lotto_jax import data as data_lib
-from lotto_jax._types import Mask, Params, PRNGKey, Prunable
+from lotto_jax._types import Groups, Mask, Params, PRNGKey, Prunable
 from lotto_jax.store import CorruptCheckpointError, RunStore, round_name
 
 __all__ = [
@@ -155,8 +155,13 @@ class ImpConfig:
       controls: any of ``reinit``, ``shuffle``, ``random``, run at every round >= 1,
         trained together in one vmapped step. Controls may be added to a finished
         run: the trunk is not retrained.
-      prune_biases: prune biases too (every leaf, each its own layer), as the
-        MNIST-1D notebook does; by default only kernels (``ndim >= 2``).
+      prune_biases: prune biases too (every leaf), as the MNIST-1D lottery
+        notebook does; by default only kernels (``ndim >= 2``).
+      groups: what one layer is for ``scope="layerwise"``, ``output_fraction``
+        and the shuffle / random controls: ``"layer"`` ranks a module's prunable
+        leaves together (with ``prune_biases``, kernel and bias pooled: the
+        notebook's rule); ``"leaf"`` ranks every leaf on its own. The same when
+        only kernels are pruned.
       out: the run directory (see :mod:`lotto_jax.store` for its layout).
       save_every: steps between mid-round checkpoints, taken at evaluation points;
         ``None``: every ``save_interval`` seconds.
@@ -178,6 +183,7 @@ class ImpConfig:
     rewind: str = "init"
     controls: tuple[str, ...] = ()
     prune_biases: bool = False
+    groups: str = "layer"
     out: str = "runs/imp"
     save_every: int | None = None
     save_interval: float = 60.0
@@ -197,6 +203,10 @@ class ImpConfig:
             )
         if self.scope not in ("layerwise", "global"):
             raise ValueError(f"scope: expected 'layerwise' or 'global', got {self.scope!r}")
+        if self.groups not in masks.GROUPINGS:
+            raise ValueError(
+                f"groups: expected one of {masks.GROUPINGS}, got {self.groups!r}"
+            )
         _check_controls(self.controls)
         parse_rewind(self.rewind, self.run.train.steps)
         _check_save_every(self.save_every)
@@ -307,20 +317,29 @@ def _check_save_interval(save_interval: float) -> None:
         )
 
 
-def random_mask(mask: Mask, key: PRNGKey, *, prunable: Prunable = masks.default_prunable) -> Mask:
-    """A random mask with the same kept count as ``mask`` in every prunable leaf.
+def random_mask(
+    mask: Mask,
+    key: PRNGKey,
+    *,
+    prunable: Prunable = masks.default_prunable,
+    groups: Groups = "leaf",
+) -> Mask:
+    """A random mask with the same kept count as ``mask`` in every pruning group.
 
-    Each prunable leaf keeps the weights with the highest i.i.d. N(0, 1) scores
-    (:func:`lotto_jax.scores.random`), exactly as many as ``mask`` keeps there;
-    other leaves are returned unchanged. The result is a uniformly random subset of
-    each layer's size: in distribution the same as :func:`lotto_jax.masks.shuffle`,
-    drawn independently. The top scores are selected without a sort (O(n) per
-    layer). Works under ``jit`` and ``vmap``.
+    Each group (a prunable leaf with ``groups="leaf"``; a module's kernel and bias
+    pooled with ``"layer"``, see :func:`lotto_jax.masks.group_name`) keeps the
+    weights with the highest i.i.d. N(0, 1) scores (:func:`lotto_jax.scores.random`),
+    exactly as many as ``mask`` keeps there; other leaves are returned unchanged.
+    The result is a uniformly random subset of each group: in distribution the same
+    as :func:`lotto_jax.masks.shuffle` with the same ``groups``, drawn
+    independently. The top scores are selected without a sort (O(n) per group).
+    Works under ``jit`` and ``vmap``.
 
     Args:
-      mask: gives the structure and the per-leaf counts.
+      mask: gives the structure and the per-group counts.
       key: a PRNG key.
       prunable: which leaves to redraw.
+      groups: ``"leaf"``, ``"layer"`` or a function of the key path.
 
     Returns:
       The new mask.
@@ -335,13 +354,22 @@ def random_mask(mask: Mask, key: PRNGKey, *, prunable: Prunable = masks.default_
       Frankle & Carbin 2019, arXiv:1803.03635 (random pruning control).
     """
     draws = scores.random(jax.tree.map(lambda m: jnp.zeros(jnp.shape(m)), mask), key=key)
-
-    def redraw(path, m, s):
-        if not prunable(path, m):
-            return m
-        return _top_k(jnp.ravel(s), jnp.sum(m, dtype=jnp.int32)).reshape(jnp.shape(m))
-
-    return jax.tree_util.tree_map_with_path(redraw, mask, draws)
+    flat_m, treedef = jax.tree_util.tree_flatten_with_path(mask)
+    flat_s = jax.tree.leaves(draws)
+    members: dict[str, list[int]] = {}
+    for i, (path, m) in enumerate(flat_m):
+        if prunable(path, m):
+            members.setdefault(masks.group_name(path, groups), []).append(i)
+    out = [m for _, m in flat_m]
+    for idx in members.values():
+        s = jnp.concatenate([jnp.ravel(flat_s[i]) for i in idx])
+        k = sum(jnp.sum(out[i], dtype=jnp.int32) for i in idx)
+        new, offset = _top_k(s, k), 0
+        for i in idx:
+            size = int(np.size(out[i]))
+            out[i] = new[offset : offset + size].reshape(jnp.shape(out[i]))
+            offset += size
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _top_k(s: jax.Array, k: jax.Array) -> jax.Array:
@@ -355,12 +383,13 @@ def _top_k(s: jax.Array, k: jax.Array) -> jax.Array:
     return prune._top_mask(s, None, k, prefer="first")
 
 
-def _control_mask(control: str, mask: Mask, key: PRNGKey, prunable: Prunable) -> Mask:
+def _control_mask(control: str, mask: Mask, key: PRNGKey, prunable: Prunable,
+                  groups: Groups) -> Mask:
     if control == "reinit":
         return mask
     if control == "shuffle":
-        return masks.shuffle(mask, key, prunable=prunable)
-    return random_mask(mask, key, prunable=prunable)
+        return masks.shuffle(mask, key, prunable=prunable, groups=groups)
+    return random_mask(mask, key, prunable=prunable, groups=groups)
 
 
 def _replica(leaf, stacked: bool):
@@ -418,10 +447,10 @@ def _copy(tree):
 _init_mask = jax.jit(masks.init, static_argnums=1)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _control_masks(control, mask, key, prunable, stacked):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _control_masks(control, mask, key, prunable, stacked, groups):
     """The control's mask, per replicate (own key) when ``stacked``."""
-    one = lambda m, k: _control_mask(control, m, k, prunable)  # noqa: E731
+    one = lambda m, k: _control_mask(control, m, k, prunable, groups)  # noqa: E731
     return jax.vmap(one)(mask, key) if stacked else one(mask, key)
 
 
@@ -432,15 +461,15 @@ def _control_key(key, index: int, r: int, stacked: bool):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _prune(rule, final_params, mask, stacked=False):
-    """``rule = (score_fn, fraction, scope, layer_fractions items, prunable)``:
+    """``rule = (score_fn, fraction, scope, groups, layer_fractions items, prunable)``:
     the next mask, and per leaf the count of non-finite scores on kept weights
     (per replicate when ``stacked``: each replicate is pruned on its own θT)."""
-    score_fn, fraction, scope, layer_fractions, prunable = rule
+    score_fn, fraction, scope, groups, layer_fractions, prunable = rule
 
     def one(p, m):
         s = score_fn(p)
         bad = jax.tree.map(lambda x, k: jnp.sum(k & ~jnp.isfinite(x)), s, m)
-        new = prune.by_fraction(s, m, fraction, scope=scope,
+        new = prune.by_fraction(s, m, fraction, scope=scope, groups=groups,
                                 layer_fractions=dict(layer_fractions), prunable=prunable)
         return new, bad
 
@@ -504,6 +533,7 @@ def run_imp(
     rounds: int,
     fraction: float = 0.2,
     scope: str = "layerwise",
+    groups: Groups = "leaf",
     layer_fractions: Mapping[str, float] | None = None,
     rewind: str = "init",
     controls: Sequence[str] = (),
@@ -537,8 +567,14 @@ def run_imp(
       rounds: pruning rounds; rounds ``0..rounds`` are trained.
       fraction: fraction of the surviving prunable weights removed per round.
       scope: ``"layerwise"`` or ``"global"`` (:func:`lotto_jax.prune.by_fraction`).
-      layer_fractions: ``{regex: fraction}`` for layers pruned at their own rate,
-        e.g. ``{"^output/": 0.1}``.
+      groups: the pruning groups of ``scope="layerwise"``, of ``layer_fractions``
+        and of the shuffle and random controls: ``"leaf"`` (each leaf on its
+        own, as :func:`lotto_jax.prune.by_fraction`), ``"layer"`` (a module's
+        prunable leaves ranked together: kernel and bias when biases are pruned,
+        the MNIST-1D notebook's rule and ``lotto imp``'s default; the same as
+        ``"leaf"`` when only kernels are) or a function ``(key_path) -> name``.
+      layer_fractions: ``{regex: fraction}`` for groups pruned at their own rate,
+        e.g. ``{"^output(/|$)": 0.1}``.
       rewind: ``"init"``, ``"step:K"``, ``"lr"`` or ``"finetune"`` (module docs).
       controls: any of ``"reinit"``, ``"shuffle"``, ``"random"``.
       data_key: the key of the data order (shared by all rounds and controls).
@@ -592,6 +628,7 @@ def run_imp(
     controls = [c for c in CONTROLS if c in controls]
     record = {
         "rounds": rounds, "fraction": fraction, "scope": scope,
+        "groups": groups if isinstance(groups, str) else _fingerprint(groups),
         "layer_fractions": dict(layer_fractions or {}), "rewind": rewind,
         "controls": controls, "train": common.config_to_dict(trainer.config),
         "num_train": trainer.num_train, "score_fn": _fingerprint(score_fn),
@@ -611,7 +648,7 @@ def run_imp(
     try:
         result = _run(
             trainer, params0, model_state0, dataset, rounds=rounds, fraction=fraction,
-            scope=scope, layer_fractions=layer_fractions, kind=kind, k_step=k_step,
+            scope=scope, groups=groups, layer_fractions=layer_fractions, kind=kind, k_step=k_step,
             rewind=rewind, controls=controls, data_key=data_key, key=key, store=store,
             score_fn=score_fn, prunable=prunable, init_fn=init_fn,
             save_every=save_every, save_interval=save_interval, replicates=replicates,
@@ -631,12 +668,13 @@ def run_imp(
     return result
 
 
-def _run(trainer, params0, model_state0, dataset, *, rounds, fraction, scope,
+def _run(trainer, params0, model_state0, dataset, *, rounds, fraction, scope, groups,
          layer_fractions, kind, k_step, rewind, controls, data_key, key, store, score_fn,
          prunable, init_fn, save_every, save_interval, replicates, stack_controls, mesh,
          timing, progress, clock) -> ImpResult:
     steps = trainer.config.steps
-    rule = (score_fn, fraction, scope, tuple((layer_fractions or {}).items()), prunable)
+    rule = (score_fn, fraction, scope, groups, tuple((layer_fractions or {}).items()),
+            prunable)
 
     def prune_next(final_params, mask):
         with clock("prune"):
@@ -667,13 +705,18 @@ def _run(trainer, params0, model_state0, dataset, *, rounds, fraction, scope,
             for ci, c in enumerate(CONTROLS):
                 if c in controls and c != "reinit":
                     _control_masks(c, m, _control_key(key, ci, 1, replicates),
-                                   prunable, replicates)
+                                   prunable, replicates, groups)
         except Exception:  # the real call raises it where it belongs
             pass
 
     ready: Callable[[], None] = lambda: None  # noqa: E731
     if rounds > 0 and not (store is not None and store.has(f"{round_name(rounds)}/mask")):
-        warmer = threading.Thread(target=warm, name="lotto-warm", daemon=True)
+        # Not a daemon: when the main thread fails early (a corrupt checkpoint, say),
+        # this thread may still be inside XLA compiling at interpreter exit, where a
+        # daemon thread is ended by pthread_exit; its forced unwind hits a C++
+        # catch(...) in XLA, and the process aborts ("terminate called after
+        # throwing an instance of ''", exit 134). Exit waits for it instead.
+        warmer = threading.Thread(target=warm, name="lotto-warm", daemon=False)
         warmer.start()
         ready = warmer.join
     weights_target = _runner.abstract({"params": params0, "model_state": model_state0})
@@ -792,7 +835,7 @@ def _run(trainer, params0, model_state0, dataset, *, rounds, fraction, scope,
         trunk.append(RoundResult(r, None, mask, metrics))
         if r > 0:
             for c, rr in _run_controls(
-                r, mask, controls, key=key, store=store, prunable=prunable,
+                r, mask, controls, key=key, store=store, prunable=prunable, groups=groups,
                 init_fn=init_fn, replicates=replicates, stack_controls=stack_controls,
                 runner=runner, clock=clock, load_or=load_or, finished=finished,
                 source=source, finish=finish, describe=describe, mask_target=mask_target,
@@ -809,7 +852,7 @@ def _run(trainer, params0, model_state0, dataset, *, rounds, fraction, scope,
     )
 
 
-def _run_controls(r, mask, controls, *, key, store, prunable, init_fn, replicates,
+def _run_controls(r, mask, controls, *, key, store, prunable, groups, init_fn, replicates,
                   stack_controls, runner, clock, load_or, finished, source, finish,
                   describe, mask_target, weights_target, ready):
     """The controls of round ``r``: ``[(name, RoundResult)]`` in CONTROLS order; the
@@ -827,7 +870,7 @@ def _run_controls(r, mask, controls, *, key, store, prunable, init_fn, replicate
             with clock("prune"):
                 ready()
                 return jax.block_until_ready(
-                    _control_masks(c, mask, ckey, prunable, replicates))
+                    _control_masks(c, mask, ckey, prunable, replicates, groups))
 
         cmask = load_or(f"{cname}/mask", mask_target, make_mask)
         if finished(cname):
@@ -885,7 +928,7 @@ def main(config: ImpConfig) -> ImpResult:
     prunable = masks.all_leaves if config.prune_biases else masks.default_prunable
     layer_fractions = (
         None if config.output_fraction is None
-        else {f"^{models.OUTPUT_LAYER}/": config.output_fraction}
+        else {f"^{models.OUTPUT_LAYER}(/|$)": config.output_fraction}
     )
     input_shape = prep.dataset.input_shape
     n_rep = config.run.replicates
@@ -910,7 +953,7 @@ def main(config: ImpConfig) -> ImpResult:
     result = run_imp(
         prep.trainer, params0, model_state0, prep.dataset,
         rounds=config.rounds, fraction=config.fraction, scope=config.scope,
-        layer_fractions=layer_fractions, rewind=config.rewind,
+        groups=config.groups, layer_fractions=layer_fractions, rewind=config.rewind,
         controls=config.controls, data_key=data_key, key=key,
         store=store, prunable=prunable, init_fn=init_fn, save_every=config.save_every,
         save_interval=config.save_interval, replicates=n_rep > 1, mesh=prep.mesh,

@@ -26,15 +26,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotto_jax._types import KeyPath, Mask, Params, PRNGKey, Prunable
+from lotto_jax._types import Groups, KeyPath, Mask, Params, PRNGKey, Prunable
 
 __all__ = [
+    "GROUPINGS",
     "LayerSummary",
     "Summary",
     "all_leaves",
     "apply",
     "default_prunable",
     "density",
+    "group_leaves",
+    "group_name",
     "init",
     "intersect",
     "is_prunable_tree",
@@ -87,6 +90,86 @@ def all_leaves(path: KeyPath, leaf: Any) -> bool:
     """A predicate that makes every leaf prunable (biases too, as in MNIST-1D)."""
     del path, leaf
     return True
+
+
+GROUPINGS: tuple[str, ...] = ("leaf", "layer")
+"""The named pruning groupings (:func:`group_name`)."""
+
+
+def group_name(path: KeyPath, groups: Groups = "leaf") -> str:
+    """The pruning group of the leaf at ``path``.
+
+    * ``"leaf"``: the leaf on its own, named by its path (``"Dense_0/kernel"``).
+    * ``"layer"``: every leaf of one module pooled, named by the module's path: the
+      path without its last key (``"Dense_0"`` for ``Dense_0/kernel`` and
+      ``Dense_0/bias``); a trailing ``value`` key (nnx ``State``) is dropped
+      first. A top-level leaf is its own group.
+    * a function ``(key_path) -> str``: any grouping, e.g. by a regular expression.
+
+    Args:
+      path: a key path from ``jax.tree_util.tree_flatten_with_path``.
+      groups: ``"leaf"``, ``"layer"`` or a function of the key path.
+
+    Returns:
+      The group's name; ``layer_fractions`` patterns and per-layer densities refer
+      to these names.
+
+    Raises:
+      ValueError: an unknown grouping, or a function that does not return a
+        non-empty ``str`` (naming the leaf).
+
+    Examples:
+      >>> import jax
+      >>> paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(
+      ...     {"Dense_0": {"bias": 0, "kernel": 0}})[0]]
+      >>> [group_name(p) for p in paths], [group_name(p, "layer") for p in paths]
+      (['Dense_0/bias', 'Dense_0/kernel'], ['Dense_0', 'Dense_0'])
+    """
+    if callable(groups):
+        name = groups(path)
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"groups: the grouping function returned {name!r} for leaf "
+                f"{path_str(path)!r}; expected a non-empty str (the group's name)"
+            )
+        return name
+    if groups == "leaf":
+        return path_str(path)
+    if groups == "layer":
+        keys = path_str(path).split("/")
+        if len(keys) > 1 and keys[-1] == "value":  # nnx State: .../kernel/value
+            keys = keys[:-1]
+        return "/".join(keys[:-1]) if len(keys) > 1 else keys[0]
+    raise ValueError(
+        f"groups: expected 'leaf', 'layer' or a function (key_path) -> group name, "
+        f"got {groups!r}"
+    )
+
+
+def group_leaves(
+    tree: Mask, groups: Groups = "leaf", *, prunable: Prunable = default_prunable
+) -> dict[str, list[str]]:
+    """The pruning groups of a mask (or params) pytree: ``{group: [leaf paths]}``.
+
+    Args:
+      tree: a mask or params pytree.
+      groups: ``"leaf"``, ``"layer"`` or a function (:func:`group_name`).
+      prunable: which leaves are pruned; the others belong to no group.
+
+    Returns:
+      Group name -> the ``path_str`` of its prunable leaves, in tree-flatten order.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> p = {"Dense_0": {"bias": jnp.zeros(3), "kernel": jnp.zeros((2, 3))}}
+      >>> group_leaves(p, "layer", prunable=all_leaves)
+      {'Dense_0': ['Dense_0/bias', 'Dense_0/kernel']}
+    """
+    out: dict[str, list[str]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if prunable(path, leaf):
+            out.setdefault(group_name(path, groups), []).append(path_str(path))
+    return out
 
 
 def _flat(tree: Any) -> tuple[list[tuple[KeyPath, Any]], Any]:
@@ -385,20 +468,30 @@ def overlap(
     return both / kept_a if kept_a else 1.0
 
 
-def shuffle(mask: Mask, key: PRNGKey, *, prunable: Prunable = default_prunable) -> Mask:
-    """Permutes each prunable layer's mask at random, keeping its density.
+def shuffle(
+    mask: Mask,
+    key: PRNGKey,
+    *,
+    prunable: Prunable = default_prunable,
+    groups: Groups = "leaf",
+) -> Mask:
+    """Permutes each prunable group's mask at random, keeping its kept count.
 
     The layerwise-shuffle control of Frankle et al. 2021 (arXiv:2009.08576) and the
-    "shuffle" IMP control. Unprunable leaves are returned unchanged. Works under
-    ``jit`` and ``vmap`` (over ``key``).
+    "shuffle" IMP control. With ``groups="leaf"`` each leaf is permuted on its own;
+    with pooled groups (``"layer"``: kernel and bias together) the group's leaves
+    are permuted as one vector, so only the group's total count is kept.
+    Unprunable leaves are returned unchanged. Works under ``jit`` and ``vmap``
+    (over ``key``).
 
     Args:
       mask: a boolean pytree.
-      key: a PRNG key; each leaf gets its own subkey.
+      key: a PRNG key; each group gets its own subkey.
       prunable: which leaves to shuffle.
+      groups: ``"leaf"``, ``"layer"`` or a function (:func:`group_name`).
 
     Returns:
-      A new mask with the same per-layer kept counts.
+      A new mask with the same kept count in every group.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -407,12 +500,18 @@ def shuffle(mask: Mask, key: PRNGKey, *, prunable: Prunable = default_prunable) 
       5
     """
     leaves, treedef = _flat(mask)
-    keys = jax.random.split(key, len(leaves))
-    out = []
-    for k, (path, m) in zip(keys, leaves, strict=True):
+    members: dict[str, list[int]] = {}
+    for i, (path, m) in enumerate(leaves):
         if prunable(path, m):
-            flat = jnp.ravel(m)
-            out.append(jax.random.permutation(k, flat).reshape(jnp.shape(m)))
-        else:
-            out.append(m)
+            members.setdefault(group_name(path, groups), []).append(i)
+    out = [m for _, m in leaves]
+    keys = jax.random.split(key, len(leaves))
+    for idx in members.values():
+        flat = jnp.concatenate([jnp.ravel(out[i]) for i in idx])
+        flat = jax.random.permutation(keys[idx[0]], flat)
+        offset = 0
+        for i in idx:
+            size = int(np.size(out[i]))
+            out[i] = flat[offset : offset + size].reshape(jnp.shape(out[i]))
+            offset += size
     return jax.tree_util.tree_unflatten(treedef, out)

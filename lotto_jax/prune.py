@@ -25,15 +25,15 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotto_jax._types import KeyPath, Mask, Prunable, Scores
-from lotto_jax.masks import default_prunable, path_str, validate
+from lotto_jax._types import Groups, KeyPath, Mask, Prunable, Scores
+from lotto_jax.masks import default_prunable, group_name, path_str, validate
 
 __all__ = ["by_fraction", "erk_densities", "layer_densities", "to_density"]
 
@@ -189,6 +189,14 @@ def _leaf_index(mask: Mask) -> dict[KeyPath, int]:
     return {p: i for i, (p, _) in enumerate(jax.tree_util.tree_flatten_with_path(mask)[0])}
 
 
+def _group_items(items, groups: Groups) -> dict[str, list[int]]:
+    """Group name -> indices into ``items``, in order of first appearance."""
+    out: dict[str, list[int]] = {}
+    for j, (path, _, _) in enumerate(items):
+        out.setdefault(group_name(path, groups), []).append(j)
+    return out
+
+
 def _prune_groups(items, groups, index) -> dict[int, jax.Array]:
     """Applies ``n_keep(kept_count)`` per group of leaves; returns new flat masks."""
     new = {}
@@ -205,23 +213,23 @@ def _prune_groups(items, groups, index) -> dict[int, jax.Array]:
     return new
 
 
-def _match_patterns(items, patterns: Mapping[str, float]) -> dict[int, float]:
-    """Item index -> its fraction, for items whose path matches a pattern."""
-    assigned: dict[int, float] = {}
+def _match_patterns(names: Sequence[str], patterns: Mapping[str, float]) -> dict[str, float]:
+    """Group name -> its fraction, for groups whose name matches a pattern."""
+    assigned: dict[str, float] = {}
     for pattern, frac in patterns.items():
         _check_fraction(
             f"layer_fractions[{pattern!r}]", frac,
             low_open=False, high_open=True, low=0, high=1,
         )
         regex = re.compile(pattern)
-        hits = [j for j, (p, _, _) in enumerate(items) if regex.search(path_str(p))]
+        hits = [g for g in names if regex.search(g)]
         if not hits:
             raise ValueError(
-                f"layer_fractions: pattern {pattern!r} matches no prunable leaf; "
-                f"prunable leaves are {[path_str(p) for p, _, _ in items]}"
+                f"layer_fractions: pattern {pattern!r} matches no pruning group; "
+                f"the groups are {list(names)}"
             )
-        for j in hits:
-            assigned.setdefault(j, float(frac))  # the first matching pattern wins
+        for g in hits:
+            assigned.setdefault(g, float(frac))  # the first matching pattern wins
     return assigned
 
 
@@ -231,6 +239,7 @@ def by_fraction(
     fraction: float,
     *,
     scope: str = "global",
+    groups: Groups = "leaf",
     layer_fractions: Mapping[str, float] | None = None,
     prunable: Prunable = default_prunable,
 ) -> Mask:
@@ -238,8 +247,11 @@ def by_fraction(
 
     One IMP round: with ``n`` kept weights in a group, ``round(fraction * n)`` of
     them are removed (rounded half up), the lowest-scoring first, ties by position.
-    A group is all prunable leaves together (``scope="global"``) or each leaf on its
-    own (``scope="layerwise"``). The new mask is always a subset of ``mask``.
+    A group is all prunable leaves together (``scope="global"``) or, with
+    ``scope="layerwise"``, each group of ``groups``: every leaf on its own
+    (``"leaf"``) or the leaves of one module pooled (``"layer"``: a Dense layer's
+    kernel and bias ranked together, as the MNIST-1D lottery notebook does). The
+    new mask is always a subset of ``mask``.
 
     Args:
       scores: a pytree like ``mask`` with finite scores where the mask keeps a
@@ -247,13 +259,16 @@ def by_fraction(
       mask: the current mask.
       fraction: fraction of the survivors to remove, in [0, 1).
       scope: ``"global"`` (one threshold over all prunable leaves) or
-        ``"layerwise"`` (one per leaf).
-      layer_fractions: optional ``{pattern: fraction}``; leaves whose path (as
-        rendered by :func:`lotto_jax.masks.path_str`, e.g. ``"output/kernel"``)
+        ``"layerwise"`` (one per group).
+      groups: ``"leaf"``, ``"layer"`` or a function ``(key_path) -> group name``
+        (:func:`lotto_jax.masks.group_name`); with ``scope="global"`` it only names the groups
+        that ``layer_fractions`` matches.
+      layer_fractions: optional ``{pattern: fraction}``; groups whose name (e.g.
+        ``"output/kernel"`` for leaf groups, ``"output"`` for layer groups)
         matches the regular expression ``pattern`` (``re.search``) are pruned on
         their own at that fraction, like Frankle & Carbin 2019's output layer at
         half the rate. The first matching pattern wins. Every pattern must match
-        at least one prunable leaf.
+        at least one group.
       prunable: which leaves may be pruned; the others are returned unchanged.
 
     Returns:
@@ -261,8 +276,9 @@ def by_fraction(
 
     Raises:
       ValueError: tree/shape/dtype mismatch (naming the key path), ``fraction`` or a
-        layer fraction outside [0, 1), an unknown ``scope``, a pattern that matches
-        nothing, non-finite scores on kept weights, or no prunable leaf.
+        layer fraction outside [0, 1), an unknown ``scope`` or ``groups``, a
+        pattern that matches nothing, non-finite scores on kept weights, or no
+        prunable leaf.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -271,31 +287,49 @@ def by_fraction(
       >>> by_fraction(scores, mask, 0.5)["w"]   # 3 kept -> round(1.5) = 2 removed
       Array([[False, False,  True, False]], dtype=bool)
 
+      Pooled per layer, a large bias outranks the kernel's weights:
+
+      >>> from lotto_jax.masks import all_leaves
+      >>> s = {"d": {"bias": jnp.array([5.0]), "kernel": jnp.array([[1.0], [2.0]])}}
+      >>> m = {"d": {"bias": jnp.array([True]), "kernel": jnp.ones((2, 1), bool)}}
+      >>> new = by_fraction(s, m, 0.5, scope="layerwise", groups="layer",
+      ...                   prunable=all_leaves)
+      >>> new["d"]["bias"].tolist(), new["d"]["kernel"].tolist()
+      ([True], [[False], [False]])
+
     References:
       Frankle & Carbin 2019, "The Lottery Ticket Hypothesis", arXiv:1803.03635.
     """
     _check_fraction("fraction", fraction, low_open=False, high_open=True, low=0, high=1)
-    if scope not in ("global", "layerwise"):
-        raise ValueError(f"scope: expected 'global' or 'layerwise', got {scope!r}")
+    _check_scope(scope)
     items = _check_inputs(scores, mask, prunable)
     index = _leaf_index(mask)
-    per_layer = _match_patterns(items, layer_fractions or {})
+    by_group = _group_items(items, groups)
+    per_group = _match_patterns(list(by_group), layer_fractions or {})
 
     def remove(frac):
         return lambda n_kept: n_kept - _removed_count(frac, n_kept)
 
-    rest = [j for j in range(len(items)) if j not in per_layer]
-    groups = [([j], remove(f)) for j, f in per_layer.items()]
-    if rest:
-        if scope == "global":
-            groups.append((rest, remove(fraction)))
-        else:
-            groups += [([j], remove(fraction)) for j in rest]
-    return _rebuild(mask, _prune_groups(items, groups, index))
+    plan = [(by_group[g], remove(f)) for g, f in per_group.items()]
+    rest = [g for g in by_group if g not in per_group]
+    if rest and scope == "global":
+        plan.append((sorted(j for g in rest for j in by_group[g]), remove(fraction)))
+    elif rest:
+        plan += [(by_group[g], remove(fraction)) for g in rest]
+    return _rebuild(mask, _prune_groups(items, plan, index))
+
+
+def _check_scope(scope: str) -> None:
+    if scope not in ("global", "layerwise"):
+        raise ValueError(f"scope: expected 'global' or 'layerwise', got {scope!r}")
 
 
 def erk_densities(
-    shapes: Mapping[str, tuple[int, ...]], density: float, *, power_scale: float = 1.0
+    shapes: Mapping[str, tuple[int, ...]],
+    density: float,
+    *,
+    power_scale: float = 1.0,
+    sizes: Mapping[str, int] | None = None,
 ) -> dict[str, float]:
     """Per-layer densities of the Erdős–Rényi-Kernel distribution (Evci et al. 2020).
 
@@ -305,9 +339,11 @@ def erk_densities(
     others, until no layer exceeds 1.
 
     Args:
-      shapes: layer name -> shape.
+      shapes: layer name -> shape (of the layer's kernel).
       density: overall target density in (0, 1].
       power_scale: exponent on the raw ERK ratio (1.0 = ERK).
+      sizes: layer name -> number of weights, when a layer holds more than its
+        kernel (a pooled group: kernel and bias); default ``prod(shape)``.
 
     Returns:
       Layer name -> density in (0, 1].
@@ -321,7 +357,7 @@ def erk_densities(
       Evci et al. 2020, "Rigging the Lottery", arXiv:1911.11134.
     """
     _check_fraction("density", density, low_open=True, high_open=False, low=0, high=1)
-    sizes = {k: float(np.prod(s)) for k, s in shapes.items()}
+    sizes = {k: float(np.prod(s) if sizes is None else sizes[k]) for k, s in shapes.items()}
     raw = {k: (sum(s) / np.prod(s)) ** power_scale for k, s in shapes.items()}
     total = sum(sizes.values())
     dense: set[str] = set()
@@ -341,29 +377,37 @@ def layer_densities(
     density: float,
     *,
     distribution: str = "uniform",
+    groups: Groups = "leaf",
     prunable: Prunable = default_prunable,
 ) -> dict[str, float]:
-    """Per-layer target densities for :func:`to_density` with ``scope="layerwise"``.
+    """Per-group target densities for :func:`to_density` with ``scope="layerwise"``.
 
     Args:
       mask: gives the prunable leaves and their shapes.
       density: the overall target density in (0, 1].
-      distribution: ``"uniform"`` (every layer at ``density``) or ``"erk"``.
-      prunable: which leaves are layers.
+      distribution: ``"uniform"`` (every group at ``density``) or ``"erk"``. ERK
+        rates a pooled group by the shape of its largest leaf (the kernel) and
+        budgets all of its weights.
+      groups: ``"leaf"``, ``"layer"`` or a function (:func:`lotto_jax.masks.group_name`).
+      prunable: which leaves are pruned.
 
     Returns:
-      ``{path_str: density}`` for every prunable leaf.
+      ``{group name: density}`` for every group (with ``"leaf"``: every prunable
+      leaf's ``path_str``).
     """
-    shapes = {
-        path_str(p): tuple(np.shape(m))
-        for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]
-        if prunable(p, m)
-    }
+    shapes: dict[str, tuple[int, ...]] = {}
+    sizes: dict[str, int] = {}
+    for p, m in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        if prunable(p, m):
+            g = group_name(p, groups)
+            sizes[g] = sizes.get(g, 0) + int(np.size(m))
+            if g not in shapes or np.size(m) > np.prod(shapes[g]):
+                shapes[g] = tuple(np.shape(m))
     if distribution == "uniform":
         _check_fraction("density", density, low_open=True, high_open=False, low=0, high=1)
         return dict.fromkeys(shapes, float(density))
     if distribution == "erk":
-        return erk_densities(shapes, density)
+        return erk_densities(shapes, density, sizes=sizes)
     raise ValueError(f"distribution: expected 'uniform' or 'erk', got {distribution!r}")
 
 
@@ -374,23 +418,28 @@ def to_density(
     *,
     scope: str = "global",
     distribution: str = "uniform",
+    groups: Groups = "leaf",
     prunable: Prunable = default_prunable,
 ) -> Mask:
     """Prunes in one shot so that ``density`` of all prunable weights remain.
 
     The target counts refer to all prunable weights (pruned ones included):
     ``round(density * total)`` over all prunable leaves (``scope="global"``) or
-    ``round(d_l * size_l)`` per leaf (``scope="layerwise"``, ``d_l`` from
-    ``distribution``). Already-pruned weights stay pruned, so a group that already
-    keeps fewer weights than its target is left as it is.
+    ``round(d_g * size_g)`` per group (``scope="layerwise"``, ``d_g`` from
+    ``distribution``; groups from ``groups``, see :func:`by_fraction`).
+    Already-pruned weights stay pruned, so a group that already keeps fewer
+    weights than its target is left as it is.
 
     Args:
       scores: a pytree like ``mask``, finite where the mask keeps a weight.
       mask: the current mask (``masks.init(params)`` for pruning at initialisation).
       density: target fraction of prunable weights kept, in (0, 1].
       scope: ``"global"`` or ``"layerwise"``.
-      distribution: per-layer densities for ``scope="layerwise"``: ``"uniform"`` or
-        ``"erk"`` (Evci et al. 2020). ``"erk"`` with ``scope="global"`` is an error.
+      distribution: per-group densities for ``scope="layerwise"``: ``"uniform"``
+        or ``"erk"`` (Evci et al. 2020). ``"erk"`` with ``scope="global"`` is an
+        error.
+      groups: ``"leaf"``, ``"layer"`` or a function (:func:`lotto_jax.masks.group_name`); used by
+        ``scope="layerwise"``.
       prunable: which leaves may be pruned.
 
     Returns:
@@ -409,8 +458,7 @@ def to_density(
       ([[False, False]], [[True, False]])
     """
     _check_fraction("density", density, low_open=True, high_open=False, low=0, high=1)
-    if scope not in ("global", "layerwise"):
-        raise ValueError(f"scope: expected 'global' or 'layerwise', got {scope!r}")
+    _check_scope(scope)
     if scope == "global" and distribution != "uniform":
         raise ValueError(
             f"distribution={distribution!r} sets per-layer densities; "
@@ -424,12 +472,13 @@ def to_density(
 
     if scope == "global":
         total = sum(int(np.size(m)) for _, _, m in items)
-        target = _count(density, total)
-        groups = [(list(range(len(items))), keep(target))]
+        plan = [(list(range(len(items))), keep(_count(density, total)))]
     else:
-        dens = layer_densities(mask, density, distribution=distribution, prunable=prunable)
-        groups = [
-            ([j], keep(_count(dens[path_str(p)], np.size(m))))
-            for j, (p, _, m) in enumerate(items)
+        by_group = _group_items(items, groups)
+        dens = layer_densities(mask, density, distribution=distribution, groups=groups,
+                               prunable=prunable)
+        plan = [
+            (members, keep(_count(dens[g], sum(int(np.size(items[j][2])) for j in members))))
+            for g, members in by_group.items()
         ]
-    return _rebuild(mask, _prune_groups(items, groups, index))
+    return _rebuild(mask, _prune_groups(items, plan, index))
