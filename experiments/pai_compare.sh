@@ -10,20 +10,18 @@ SETTING=${1:-lenet300}
 OUT=${2:-experiments/results/pai_$SETTING}
 NPZ=${3:-../shared/data/mnist.npz}
 case "$SETTING" in
-  lenet300)  # Frankle & Carbin's LeNet-300-100 optimiser; a shorter budget (3,000 steps,
-             # 3.3 epochs) and two of the three sanity checks, to fit a 2-core CPU session
-    ARGS=(--model lenet300 --dataset "npz:$NPZ" --validation 5000 --steps 3000
-          --batch-size 60 --optimizer adam --lr 1.2e-3 --eval-every 250)
+  lenet300)  # recipe pai-lenet300: Frankle & Carbin's LeNet-300-100 optimiser; a shorter
+             # budget (3,000 steps, 3.3 epochs) and two of the three sanity checks
+    ARGS=(--recipe pai-lenet300 --dataset "npz:$NPZ")
     CONTROLS=(shuffle reinit) ;;
-  mnist1d)   # the MNIST-1D notebook's MLP and optimiser
-    ARGS=(--model mnist1d_mlp --dataset mnist1d --steps 1500 --batch-size 100
-          --optimizer adam --lr 2e-2 --no-shuffle --eval-every 100)
+  mnist1d)   # recipe pai-mnist1d: the MNIST-1D notebook's MLP and optimiser
+    ARGS=(--recipe pai-mnist1d)
     CONTROLS=(shuffle reinit invert) ;;
   *) echo "unknown setting $SETTING (lenet300 or mnist1d)" >&2; exit 2 ;;
 esac
 for density in 0.1 0.032 0.01 0.0032 0.001; do
   for method in random magnitude snip grasp synflow; do
-    controls=()
+    controls=(--controls)  # none for random and magnitude
     case "$method" in snip|grasp|synflow) controls=(--controls "${CONTROLS[@]}") ;; esac
     lotto pai "${ARGS[@]}" --method "$method" --density "$density" --scope global \
       "${controls[@]}" --out "$OUT/${method}_d${density}"

@@ -16,6 +16,7 @@ from lotto_jax import (
     pai,
     plots,
     prune,
+    recipes,
     report,
     scores,
     sharding,
@@ -25,11 +26,12 @@ from lotto_jax import (
     sweeps,
     train,
 )
-from lotto_jax._types import KeyPath, Mask, Params, PRNGKey, Prunable, Scores
+from lotto_jax._types import Groups, KeyPath, Mask, Params, PRNGKey, Prunable, Scores
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Groups",
     "KeyPath",
     "Mask",
     "PRNGKey",
@@ -44,6 +46,7 @@ __all__ = [
     "pai",
     "plots",
     "prune",
+    "recipes",
     "report",
     "scores",
     "sharding",

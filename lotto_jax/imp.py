@@ -126,7 +126,7 @@ CONTROLS: tuple[str, ...] = ("reinit", "shuffle", "random")
 
 MUTABLE_FIELDS: tuple[str, ...] = (
     "rounds", "controls", "save_every", "save_interval", "timing", "out", "overwrite",
-    "new_dir", "run.data_dir",
+    "new_dir", "run.data_dir", "recipe",
 )
 """ImpConfig fields that may change when a run directory is resumed."""
 
@@ -173,6 +173,8 @@ class ImpConfig:
       overwrite: delete an existing run in ``out`` and start afresh.
       new_dir: if ``out`` holds a run with another config, run in ``out_1``,
         ``out_2``, ... instead of refusing.
+      recipe: a named preset of the papers' settings (``lotto recipes``): its
+        values are the defaults of every other flag, which override them.
     """
 
     run: common.RunConfig = dataclasses.field(default_factory=common.RunConfig)
@@ -190,6 +192,7 @@ class ImpConfig:
     timing: bool = False
     overwrite: bool = False
     new_dir: bool = False
+    recipe: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.rounds, int) or self.rounds < 0:

@@ -625,6 +625,8 @@ class PaiConfig:
       synflow_float64: compute SynFlow scores in float64 (against underflow on
         deep networks).
       out: output directory (config.json, results.json, masks/).
+      recipe: a named preset of the papers' settings (``lotto recipes``): its
+        values are the defaults of every other flag, which override them.
     """
 
     run: common.RunConfig = dataclasses.field(default_factory=common.RunConfig)
@@ -637,6 +639,7 @@ class PaiConfig:
     prevent_collapse: bool = False
     synflow_float64: bool = False
     out: str = "runs/pai"
+    recipe: str | None = None
 
     def __post_init__(self):
         _check_choice("method", self.method, METHODS)

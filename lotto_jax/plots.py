@@ -29,9 +29,11 @@ __all__ = [
     "Series",
     "accuracy_vs_density",
     "curves",
+    "density_figure",
     "early_stop_vs_density",
     "mean_std",
     "metric_vs_density",
+    "save",
 ]
 
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
@@ -97,11 +99,66 @@ def _draw(ax, series: Mapping[str, Series], *, marker: str = "o") -> None:
         ax.legend()
 
 
-def _save(fig, path: str) -> str:
+def save(fig, path: str) -> str:
+    """Writes ``fig`` as a PNG at ``path`` (creating its directory); returns ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
     return path
+
+
+def density_figure(
+    series: Mapping[str, Series],
+    *,
+    xlabel: str = "Percent of weights remaining",
+    ylabel: str = "Test accuracy (%)",
+    title: str | None = None,
+    log_x: bool = True,
+    reverse_x: bool = True,
+    reference: tuple[str, float, float | None] | None = None,
+) -> str:
+    """A figure of a metric against the percent of weights remaining.
+
+    Like Frankle & Carbin 2019's figures: a log x axis, reversed so sparsity grows
+    to the right, ticks at the measured densities.
+
+    Args:
+      series: ``{label: (percent_remaining, y_mean, y_std or None)}``.
+      xlabel: x axis label.
+      ylabel: y axis label.
+      title: optional title.
+      log_x: logarithmic x axis.
+      reverse_x: largest density on the left.
+      reference: ``(label, mean, std or None)`` of a level drawn as a dashed
+        horizontal line across the plot (with a ±std band), e.g. the dense network.
+
+    Returns:
+      The matplotlib ``Figure`` (its one ``Axes`` holds a line per label, a
+      ``fill_between`` band per label with a std, and the reference line).
+
+    Raises:
+      ValueError: empty ``series`` or mismatched lengths (naming the label).
+    """
+    fig, ax = _figure(title)
+    if reference is not None:
+        label, level, spread = reference
+        ax.axhline(level, color="0.3", linestyle="--", linewidth=1, label=label)
+        if spread is not None:
+            ax.axhspan(level - spread, level + spread, color="0.3", alpha=0.12)
+    _draw(ax, series)
+    if reference is not None:
+        ax.legend()
+    xs = np.unique(np.concatenate([np.asarray(s[0], float) for s in series.values()]))
+    if log_x and np.all(xs > 0):
+        ax.set_xscale("log")
+        ax.set_xticks(xs)
+        ax.set_xticklabels([f"{x:.3g}" for x in xs], rotation=45, fontsize=7)
+        ax.minorticks_off()
+    if reverse_x:
+        ax.invert_xaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig
 
 
 def metric_vs_density(
@@ -113,40 +170,14 @@ def metric_vs_density(
     title: str | None = None,
     log_x: bool = True,
     reverse_x: bool = True,
+    reference: tuple[str, float, float | None] | None = None,
 ) -> str:
-    """Draws a metric against the percent of weights remaining.
-
-    Like Frankle & Carbin 2019's figures: a log x axis, reversed so sparsity grows
-    to the right, ticks at the measured densities.
-
-    Args:
-      series: ``{label: (percent_remaining, y_mean, y_std or None)}``.
-      path: the PNG file to write (parent directories are created).
-      xlabel: x axis label.
-      ylabel: y axis label.
-      title: optional title.
-      log_x: logarithmic x axis.
-      reverse_x: largest density on the left.
-
-    Returns:
-      ``path``.
-
-    Raises:
-      ValueError: empty ``series`` or mismatched lengths (naming the label).
+    """Writes :func:`density_figure` as a PNG at ``path`` (parent directories are
+    created) and returns ``path``; the other arguments are :func:`density_figure`'s.
     """
-    fig, ax = _figure(title)
-    _draw(ax, series)
-    xs = np.unique(np.concatenate([np.asarray(s[0], float) for s in series.values()]))
-    if log_x and np.all(xs > 0):
-        ax.set_xscale("log")
-        ax.set_xticks(xs)
-        ax.set_xticklabels([f"{x:.3g}" for x in xs], rotation=45, fontsize=7)
-        ax.minorticks_off()
-    if reverse_x:
-        ax.invert_xaxis()
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    return save(density_figure(series, xlabel=xlabel, ylabel=ylabel, title=title,
+                                log_x=log_x, reverse_x=reverse_x, reference=reference),
+                 path)
 
 
 def accuracy_vs_density(
@@ -156,13 +187,15 @@ def accuracy_vs_density(
     xlabel: str = "Percent of weights remaining",
     ylabel: str = "Test accuracy (%)",
     title: str | None = None,
+    reference: tuple[str, float, float | None] | None = None,
 ) -> str:
     """Test accuracy vs percent of weights remaining (trunk, controls, methods).
 
     For supermask reports pass ``xlabel="Percent of weights kept"``. See
     :func:`metric_vs_density` for the arguments.
     """
-    return metric_vs_density(series, path, xlabel=xlabel, ylabel=ylabel, title=title)
+    return metric_vs_density(series, path, xlabel=xlabel, ylabel=ylabel, title=title,
+                             reference=reference)
 
 
 def early_stop_vs_density(
@@ -204,4 +237,4 @@ def curves(
     _draw(ax, series, marker="")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    return _save(fig, path)
+    return save(fig, path)

@@ -30,6 +30,7 @@ __all__ = [
     "figures",
     "format_table",
     "load_run",
+    "lottery_figure",
     "main",
     "print_table",
     "replicates",
@@ -210,27 +211,62 @@ def _series(records, key, *, scale=1.0):
     return x, mean * scale, None if std is None else std * scale
 
 
+def _dense(run: RunData, key: str) -> tuple[str, float, float | None] | None:
+    """Round 0 (the dense network) as a reference level: ``(label, mean, std)``."""
+    first = run.rounds[0]
+    if first["round"] != 0 or first.get(key) is None:
+        return None
+    mean, std = plots.mean_std([first[key]])
+    return ("dense", 100 * float(mean[0]), None if std is None else 100 * float(std[0]))
+
+
+def _title(run: RunData) -> str:
+    cfg = run.config.get("run") or {}
+    n = replicates(run)
+    what = f"IMP on {cfg.get('model', '?')} / {cfg.get('dataset', '?')}" if cfg else "IMP"
+    return what + (f" ({n} replicates: mean ± std)" if n > 1 else "")
+
+
+_YLABEL = {"final_test_accuracy": "Final test accuracy (%)",
+           "best_test_accuracy": "Best test accuracy (%)",
+           "early_stop_test_accuracy": "Test accuracy at early stop (%)"}
+
+
+def _accuracy_figure(run: RunData, key: str, title: str | None = None):
+    groups = {"IMP ticket": run.rounds, **run.controls}
+    series = {k: s for k, recs in groups.items()
+              if (s := _series(recs, key, scale=100)) is not None}
+    if not series:
+        return None
+    return plots.density_figure(series, ylabel=_YLABEL[key], title=title,
+                                reference=_dense(run, key))
+
+
+def lottery_figure(run: RunData):
+    """The headline figure (``lottery.png``) as a matplotlib ``Figure``: best test
+    accuracy vs % weights remaining (log axis), the ticket ("IMP ticket") and each
+    control with ±std bands over replicates, the dense network as a dashed level."""
+    return _accuracy_figure(run, "best_test_accuracy", _title(run))
+
+
 def figures(run: RunData, directory: str) -> list[str]:
     """Writes the report's PNGs into ``directory``; returns their paths.
 
-    ``accuracy.png`` (final test accuracy vs % weights remaining, trunk and
-    controls), ``best_accuracy.png``, ``early_stop.png`` (early-stop iteration) and
+    ``lottery.png``, the headline figure: best test accuracy (the maximum over the
+    evaluations, the MNIST-1D notebook's metric) vs % weights remaining on a log
+    axis, trunk and controls with ±std bands over replicates and the dense network
+    as a dashed level. Then ``accuracy.png`` (final test accuracy),
+    ``best_accuracy.png``, ``early_stop.png`` (early-stop iteration) and
     ``early_stop_accuracy.png`` when there is a validation split, and
     ``curves.png`` (the trunk's test accuracy during training, one line per round).
     """
-    out = []
-    groups = {"IMP": run.rounds, **run.controls}
+    out = [plots.save(lottery_figure(run), os.path.join(directory, "lottery.png"))]
     for key, name in (("final_test_accuracy", "accuracy.png"),
                       ("best_test_accuracy", "best_accuracy.png"),
                       ("early_stop_test_accuracy", "early_stop_accuracy.png")):
-        series = {k: s for k, recs in groups.items()
-                  if (s := _series(recs, key, scale=100)) is not None}
-        if series:
-            ylabel = {"final_test_accuracy": "Final test accuracy (%)",
-                      "best_test_accuracy": "Best test accuracy (%)",
-                      "early_stop_test_accuracy": "Test accuracy at early stop (%)"}[key]
-            out.append(plots.accuracy_vs_density(
-                series, os.path.join(directory, name), ylabel=ylabel))
+        if (fig := _accuracy_figure(run, key)) is not None:
+            out.append(plots.save(fig, os.path.join(directory, name)))
+    groups = {"IMP ticket": run.rounds, **run.controls}
     series = {k: s for k, recs in groups.items()
               if (s := _series(recs, "early_stop_step")) is not None}
     if series:

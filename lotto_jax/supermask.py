@@ -183,6 +183,8 @@ class SupermaskConfig:
         pretrained ones.
       eval_samples: sampled masks evaluated at the end (Bernoulli only).
       out: output directory (config, metrics, results, orbax checkpoints).
+      recipe: a named preset of the papers' settings (``lotto recipes``): its
+        values are the defaults of every other flag, which override them.
     """
 
     run: RunConfig = dataclasses.field(
@@ -197,6 +199,7 @@ class SupermaskConfig:
     other_params: str | None = None
     eval_samples: int = 5
     out: str = "runs/supermask"
+    recipe: str | None = None
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731

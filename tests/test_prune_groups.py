@@ -188,7 +188,7 @@ def test_group_names_linen_and_nnx_paths():
 
 
 def test_random_and_shuffle_controls_keep_pooled_group_counts():
-    params, mask = _tree(np.random.default_rng(11))
+    _, mask = _tree(np.random.default_rng(11))
     for fn in (lambda m, k: imp.random_mask(m, k, prunable=masks.all_leaves, groups="layer"),
                lambda m, k: masks.shuffle(m, k, prunable=masks.all_leaves, groups="layer")):
         biases_moved = False

@@ -75,7 +75,7 @@ def test_table_and_figures(finished, tmp_path):
         assert line in rep.table
     names = sorted(os.path.basename(p) for p in rep.figures)
     assert names == ["accuracy.png", "best_accuracy.png", "curves.png",
-                     "early_stop.png", "early_stop_accuracy.png"]
+                     "early_stop.png", "early_stop_accuracy.png", "lottery.png"]
     for path in rep.figures:
         with open(path, "rb") as f:
             blob = f.read()
@@ -119,6 +119,65 @@ def test_replicates_show_mean_and_std(finished, tmp_path):
     assert all(open(p, "rb").read()[:8] == PNG for p in paths)
 
 
+def _band_limits(collection):
+    """(low, high) of a fill_between band at each x, from its polygon's vertices."""
+    import numpy as np
+
+    verts = collection.get_paths()[0].vertices
+    out = {}
+    for x, y in verts:
+        lo, hi = out.get(round(x, 6), (np.inf, -np.inf))
+        out[round(x, 6)] = (min(lo, y), max(hi, y))
+    return [out[x] for x in sorted(out, reverse=True)]
+
+
+def _band_label(ax, collection):
+    """The label of the line whose colour the band shares."""
+    import matplotlib.colors as mc
+
+    for line in ax.get_lines():
+        if mc.to_rgb(line.get_color()) == tuple(collection.get_facecolor()[0][:3]):
+            return line.get_label()
+    return None
+
+
+def test_lottery_figure_from_hand_values():
+    """The headline figure of a hand-written run: log x axis at the densities, the
+    ticket's and the control's mean lines and ±std bands, the dense level."""
+    import numpy as np
+
+    rounds = [
+        {"round": 0, "density": 1.0, "best_test_accuracy": [0.60, 0.80]},
+        {"round": 1, "density": 0.5, "best_test_accuracy": [0.70, 0.80]},
+        {"round": 2, "density": 0.1, "best_test_accuracy": [0.78, 0.82]},
+    ]
+    random = [
+        {"round": 1, "density": 0.5, "best_test_accuracy": [0.62, 0.66]},
+        {"round": 2, "density": 0.1, "best_test_accuracy": [0.20, 0.40]},
+    ]
+    run = report.RunData("/x", {"run": {"model": "m", "dataset": "d", "replicates": 2}},
+                         rounds, {"random": random})
+    fig = report.lottery_figure(run)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    assert ax.get_xlim()[0] > ax.get_xlim()[1]  # reversed: sparsity grows to the right
+    assert "2 replicates" in ax.get_title()
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    np.testing.assert_allclose(lines["IMP ticket"].get_xdata(), [100, 50, 10])
+    np.testing.assert_allclose(lines["IMP ticket"].get_ydata(), [70, 75, 80])
+    np.testing.assert_allclose(lines["random"].get_xdata(), [50, 10])
+    np.testing.assert_allclose(lines["random"].get_ydata(), [64, 30])
+    np.testing.assert_allclose(lines["dense"].get_ydata(), [70, 70])  # mean of round 0
+    bands = {_band_label(ax, c): c for c in ax.collections}
+    np.testing.assert_allclose(_band_limits(bands["IMP ticket"]),
+                               [(60, 80), (70, 80), (78, 82)], atol=1e-9)
+    np.testing.assert_allclose(_band_limits(bands["random"]), [(62, 66), (20, 40)],
+                               atol=1e-9)
+    (span,) = [p for p in ax.patches if p.get_alpha() == 0.12]  # the dense ±std span
+    ys = span.get_path().transformed(span.get_patch_transform()).vertices[:, 1]
+    assert (ys.min(), ys.max()) == pytest.approx((60, 80))
+
+
 def test_plots_band_and_errors(tmp_path):
     x, y = [100.0, 80.0, 64.0], [0.9, 0.8, 0.7]
     plain = plots.accuracy_vs_density({"a": (x, y, None)}, str(tmp_path / "a.png"))
@@ -152,9 +211,9 @@ def test_real_replicated_run_mean_std_and_bands(tmp_path):
     _, rows = report.table(rep.run)
     assert report.replicates(rep.run) == 2
 
-    def mean_std(values):
-        a = 100 * np.asarray(values)
-        return f"{a.mean():.2f} ± {a.std():.2f}"
+    def mean_std(values):  # two replicates by hand: mean (a+b)/2, population std |a-b|/2
+        x, y = 100 * values[0], 100 * values[1]
+        return f"{(x + y) / 2:.2f} ± {abs(x - y) / 2:.2f}"
 
     for r, row in enumerate(rows):
         m = result.rounds[r].metrics
@@ -163,17 +222,11 @@ def test_real_replicated_run_mean_std_and_bands(tmp_path):
     c = result.controls["random"][0].metrics
     assert rows[1][6:] == [mean_std(c["final_test_accuracy"]),
                            mean_std(c["best_test_accuracy"])]
-    # accuracy.png is drawn with the ±std bands: redrawn without them it differs
-    series = {k: report._series(recs, "final_test_accuracy", scale=100)
-              for k, recs in {"IMP": rep.run.rounds, **rep.run.controls}.items()}
-    assert all(s[2] is not None and np.all(np.isfinite(s[2])) for s in series.values())
-    (drawn,) = [p for p in rep.figures if os.path.basename(p) == "accuracy.png"]
-    again = plots.accuracy_vs_density(series, str(tmp_path / "again.png"),
-                                      ylabel="Final test accuracy (%)")
-    plain = plots.accuracy_vs_density({k: (x, m, None) for k, (x, m, _) in series.items()},
-                                      str(tmp_path / "plain.png"),
-                                      ylabel="Final test accuracy (%)")
-    assert open(drawn, "rb").read() == open(again, "rb").read()
-    assert open(drawn, "rb").read() != open(plain, "rb").read()
+    # the headline figure draws the trunk's per-replicate best accuracies as a band
+    ax = report.lottery_figure(rep.run).axes[0]
+    (band,) = [col for col in ax.collections if _band_label(ax, col) == "IMP ticket"]
+    for r, (lo, hi) in enumerate(_band_limits(band)):
+        v = 100 * np.asarray(result.rounds[r].metrics["best_test_accuracy"])
+        np.testing.assert_allclose([lo, hi], [v.min(), v.max()], atol=1e-6)  # 2 replicates
     for path in rep.figures:
         assert open(path, "rb").read()[:8] == PNG
