@@ -117,6 +117,11 @@ def prepare(config: RunConfig) -> Prepared:
     validation = config.validation
     if isinstance(validation, float) and validation.is_integer() and validation >= 1:
         validation = int(validation)
+    mesh = None
+    if config.mesh:  # first: a bad mesh fails before data and model are built
+        from lotto_jax.sharding import make_mesh
+
+        mesh = make_mesh(config.mesh)
     dataset = data_lib.load(
         config.dataset, seed=config.data_seed, validation=validation,
         data_dir=config.data_dir,
@@ -130,11 +135,6 @@ def prepare(config: RunConfig) -> Prepared:
             f"shape {dataset.input_shape}, the model's default is "
             f"{models.input_shape(config.model)} ({type(err).__name__}: {err})"
         ) from err
-    mesh = None
-    if config.mesh:
-        from lotto_jax.sharding import make_mesh
-
-        mesh = make_mesh(config.mesh)
     trainer = make_trainer(
         classifier(module), config.train, num_train=dataset.train.x.shape[0], mesh=mesh
     )

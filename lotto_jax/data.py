@@ -35,6 +35,7 @@ import functools
 import math
 import os
 import random
+import zipfile
 from typing import Any
 
 import jax
@@ -159,14 +160,20 @@ def load(
         x_train, x_test, norm = _normalize(x_train, x_test, NORMALIZATION.get(name))
     elif spec.startswith("npz:"):
         x_train, y_train, x_test, y_test = _npz_arrays(spec)
-        x_train, x_test, norm = _normalize(x_train, x_test, None)
+        try:
+            x_train, x_test, norm = _normalize(x_train, x_test, None)
+        except ValueError as e:  # name the file, not just the array
+            raise ValueError(f"spec {spec!r}: {e}") from e
         num_classes = None
     else:
         hint = f" (did you mean 'tfds:{spec}'?)" if spec in NORMALIZATION else ""
         raise ValueError(f"spec: unknown dataset {spec!r}{hint}; expected {_SPECS}")
 
-    y_train = _labels(y_train, "y_train", len(x_train))
-    y_test = _labels(y_test, "y_test", len(x_test))
+    try:
+        y_train = _labels(y_train, "y_train", len(x_train))
+        y_test = _labels(y_test, "y_test", len(x_test))
+    except ValueError as e:  # name the source, not just the array
+        raise ValueError(f"spec {spec!r}: {e}") from e
     max_label = int(max(y_train.max(), y_test.max()))
     if num_classes is None:
         num_classes = max_label + 1
@@ -315,7 +322,11 @@ def _npz_arrays(spec: str) -> tuple[np.ndarray, ...]:
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, EOFError, ValueError) as e:  # not a zip, truncated, pickled
-        raise ValueError(f"spec {spec!r}: cannot read {path!r} as .npz: {e}") from e
+        why = e if zipfile.is_zipfile(path) else "not a zip archive"  # numpy: "pickled"
+        raise ValueError(
+            f"spec {spec!r}: cannot read {path!r} as .npz ({why}); expected an archive "
+            f"written by numpy.savez with {list(_NPZ_KEYS)}"
+        ) from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise ValueError(
             f"spec {spec!r}: {path!r} holds a single array, expected a .npz archive "
@@ -356,7 +367,7 @@ def _tfds_arrays(spec: str, *, data_dir: str | None, download: bool):
             f"spec {spec!r}: TFDS has no dataset named {name!r}; expected {_SPECS}"
         ) from None
     except (AssertionError, ValueError) as e:  # bad config or version
-        raise ValueError(f"spec {spec!r}: {e}") from None
+        raise ValueError(f"spec {spec!r}: {e}") from e
     where = f"data_dir={str(builder.data_dir_root)!r}"
     if download:
         try:

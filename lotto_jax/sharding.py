@@ -105,7 +105,9 @@ def make_mesh(spec: str | Mapping[str, int] | None = None, *, devices=None) -> M
             sizes[name] = len(devices) // known
     if sizes[DATA] * sizes[MODEL] != len(devices):
         raise ValueError(
-            f"mesh: data={sizes[DATA]} x model={sizes[MODEL]} != {len(devices)} devices"
+            f"mesh: data={sizes[DATA]} x model={sizes[MODEL]} needs "
+            f"{sizes[DATA] * sizes[MODEL]} devices, found {len(devices)} (expected axis "
+            "sizes whose product is the device count; -1 takes the rest)"
         )
     grid = np.array(devices).reshape(sizes[DATA], sizes[MODEL])
     return Mesh(grid, (DATA, MODEL))

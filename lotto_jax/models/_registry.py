@@ -54,7 +54,7 @@ def _entry(name: str) -> _Entry:
         return _MODELS[name]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown model name {name!r}; expected one of {', '.join(NAMES)}"
+            f"model: unknown model name {name!r}; expected one of {', '.join(NAMES)}"
         ) from None
 
 

@@ -1,0 +1,289 @@
+"""What a person reads when ``lotto`` refuses: one line, ``lotto: error: ...``.
+
+Every case runs the installed ``lotto`` entry point in a subprocess and checks: a
+non-zero status, exactly one line on stderr that starts ``lotto: error:`` and names
+the flag or path at fault, and no traceback. The runs are tiny: a random 40-feature
+``.npz`` (no MNIST-1D generation), 20 steps, 1 round; the one finished IMP run that
+the resume and corruption cases need is made once and shared by the xdist workers
+(file lock), with a shared persistent XLA cache.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "lotto")
+LOTTO = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "lotto_jax.cli"]
+TINY = ["--model", "mlp", "--steps", "20", "--eval-every", "10", "--batch-size", "32"]
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """A directory shared by the xdist workers of this session, holding the tiny
+    dataset ``tiny.npz`` and the XLA cache."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    d = base / "cli_errors"
+    d.mkdir(exist_ok=True)
+    with _locked(d / "npz.lock"):
+        if not (d / "tiny.npz").exists():
+            r = np.random.default_rng(0)
+            np.savez(d / "tiny.tmp.npz",
+                     x_train=r.normal(size=(256, 40)).astype(np.float32),
+                     y_train=r.integers(0, 10, 256),
+                     x_test=r.normal(size=(64, 40)).astype(np.float32),
+                     y_test=r.integers(0, 10, 64))
+            os.replace(d / "tiny.tmp.npz", d / "tiny.npz")
+    return d
+
+
+class _locked:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.file = open(self.path, "w")
+        fcntl.flock(self.file, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
+def _env(shared):
+    env = {k: v for k, v in os.environ.items() if k != "LOTTO_DEBUG"}
+    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(shared / "xla_cache"),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    return env
+
+
+def lotto(shared, *args):
+    return subprocess.run([*LOTTO, *map(str, args)], capture_output=True, text=True,
+                          env=_env(shared), timeout=300)
+
+
+def assert_one_line_error(result, *names):
+    """rc != 0 (2, not an abort), one stderr line ``lotto: error: ...`` naming
+    every one of ``names``, no traceback."""
+    err = result.stderr
+    assert result.returncode == 2, (result.returncode, err[-3000:])
+    assert "Traceback" not in err, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lotto: error: "), err
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_imp(shared):
+    """A finished 1-round IMP run (made once per session) and its arguments."""
+    d = shared / "imp"
+    args = ["imp", "--dataset", f"npz:{shared / 'tiny.npz'}", "--rounds", "1", *TINY,
+            "--out", d]
+    with _locked(shared / "imp.lock"):
+        if not (d / "round_001" / "metrics.json").exists():
+            shutil.rmtree(d, ignore_errors=True)
+            result = lotto(shared, *args)
+            assert result.returncode == 0, result.stderr[-3000:]
+    return d, args
+
+
+def _copy_run(finished_imp, tmp_path):
+    d, args = finished_imp
+    copy = tmp_path / "run"
+    shutil.copytree(d, copy)
+    return copy, [str(copy) if a == d else a for a in args]
+
+
+# ------------------------------------------------------------ names and values
+
+
+def test_unknown_model(shared, tmp_path):
+    r = lotto(shared, "train", *TINY, "--model", "lenet7",
+              "--dataset", f"npz:{shared / 'tiny.npz'}", "--out", tmp_path / "out")
+    line = assert_one_line_error(r, "--model", "lenet7")
+    assert "lenet300" in line  # what was expected
+
+
+def test_unknown_pai_method(shared, tmp_path):
+    r = lotto(shared, "pai", "--method", "snap", "--out", tmp_path / "out")
+    assert_one_line_error(r, "--method", "snap", "synflow")
+
+
+def test_unknown_control(shared, tmp_path):
+    r = lotto(shared, "imp", "--controls", "reinit", "bogus", "--out", tmp_path / "out")
+    assert_one_line_error(r, "--controls", "bogus", "shuffle")
+
+
+@pytest.mark.parametrize("command, flag, value", [
+    ("imp", "--fraction", "1.5"),
+    ("pai", "--density", "0"),
+    ("supermask", "--keep", "2"),
+])
+def test_out_of_range_fraction_density_keep(shared, tmp_path, command, flag, value):
+    r = lotto(shared, command, flag, value, "--out", tmp_path / "out")
+    assert_one_line_error(r, flag, "expected")
+
+
+def test_bad_rewind_spec(shared, tmp_path):
+    r = lotto(shared, "imp", "--rewind", "step:abc", *TINY, "--out", tmp_path / "out")
+    assert_one_line_error(r, "--rewind", "step:abc")
+
+
+def test_too_big_mesh(shared, tmp_path):
+    r = lotto(shared, "train", "--mesh", "data=64", "--dataset", f"npz:{shared / 'tiny.npz'}",
+              *TINY, "--out", tmp_path / "out")
+    assert_one_line_error(r, "--mesh", "data=64", "devices")
+
+
+# ------------------------------------------------------------------ data files
+
+
+def test_missing_npz(shared, tmp_path):
+    path = tmp_path / "nowhere.npz"
+    r = lotto(shared, "train", "--dataset", f"npz:{path}", "--out", tmp_path / "out")
+    assert_one_line_error(r, path, "no such file")
+
+
+@pytest.mark.parametrize("kind", ["not-an-npz", "missing-arrays", "length-mismatch"])
+def test_malformed_npz(shared, tmp_path, kind):
+    path = tmp_path / "bad.npz"
+    x, y = np.zeros((10, 40), np.float32), np.zeros(10, np.int64)
+    if kind == "not-an-npz":
+        path.write_text("x,y\n1,2\n")
+        expect = "not a zip archive"
+    elif kind == "missing-arrays":
+        np.savez(path, x_train=x, y_train=y)
+        expect = "x_test"
+    else:  # x_train and y_train lengths differ
+        np.savez(path, x_train=x, y_train=y[:9], x_test=x, y_test=y)
+        expect = "y_train"
+    r = lotto(shared, "train", "--dataset", f"npz:{path}", "--out", tmp_path / "out")
+    assert_one_line_error(r, path, expect)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,
+                    reason="tensorflow_datasets is not installed")
+def test_unprepared_tfds_dataset_fails_fast_offline(shared, tmp_path):
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    t = time.perf_counter()
+    r = lotto(shared, "train", "--dataset", "tfds:mnist", "--data-dir", empty,
+              "--out", tmp_path / "out")
+    assert_one_line_error(r, "tfds:mnist", empty, "not prepared", "npz:PATH")
+    assert time.perf_counter() - t < 60  # no download attempt, no hang
+
+
+def test_missing_mask_directory(shared, finished_imp, tmp_path):
+    # after the IMP run: its XLA cache makes building the model (done first) cheap
+    mask = tmp_path / "no_mask"
+    r = lotto(shared, "train", "--mask", mask, "--dataset", f"npz:{shared / 'tiny.npz'}",
+              *TINY, "--out", tmp_path / "out")
+    assert_one_line_error(r, "--mask", mask)
+
+
+def test_missing_run_directory_for_report(shared, tmp_path):
+    r = lotto(shared, "report", tmp_path / "no_run")
+    assert_one_line_error(r, tmp_path / "no_run")
+
+
+# -------------------------------------------------------------- the run store
+
+
+def test_changed_config_on_resume(shared, finished_imp, tmp_path):
+    d, args = _copy_run(finished_imp, tmp_path)
+    args[args.index("--rounds") + 1] = "2"  # allowed to change; --fraction is not
+    r = lotto(shared, *args, "--fraction", "0.3")
+    assert_one_line_error(r, d, "fraction: 0.2 -> 0.3", "--overwrite", "--new-dir")
+
+
+def test_corrupt_checkpoint_exits_with_one_line_not_an_abort(shared, finished_imp, tmp_path):
+    """A corrupt file of round 1 found when round 2 starts: the error line and
+    status 2. It aborted (status 134, "terminate called after throwing an
+    instance of ''"): the pruning warm-up thread, a daemon, was still in XLA at
+    interpreter exit (it did with a warm XLA cache too)."""
+    d, args = _copy_run(finished_imp, tmp_path)
+    final = d / "round_001" / "final"
+    victim = sorted(p for p in final.rglob("*") if p.is_file() and p.parent.name == "d")[0]
+    victim.write_bytes(b"garbage")
+    args[args.index("--rounds") + 1] = "2"
+    r = lotto(shared, *args)
+    assert_one_line_error(r, victim, "bytes")
+    assert "terminate called" not in r.stderr
+
+
+# ------------------------------------------------------------------ debugging
+
+
+def test_debug_shows_the_traceback(shared, tmp_path, monkeypatch):
+    r = lotto(shared, "pai", "--method", "snap", "--debug", "--out", tmp_path / "out")
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr and "method: expected one of" in r.stderr
+    assert "lotto: error:" not in r.stderr
+    # LOTTO_DEBUG=1 does the same (in this process: main re-raises)
+    from lotto_jax import cli
+
+    monkeypatch.setenv("LOTTO_DEBUG", "1")
+    with pytest.raises(Exception, match="method: expected one of"):
+        cli.main(["pai", "--method", "snap", "--out", str(tmp_path / "out")])
+    monkeypatch.setenv("LOTTO_DEBUG", "0")
+    assert cli.main(["pai", "--method", "snap", "--out", str(tmp_path / "out")]) == 2
+
+
+def test_only_errors_the_package_raises_are_user_errors():
+    """The rule of ``main``: a bug (wrong type, or a ValueError from outside the
+    package) keeps its traceback; messages become one line."""
+    from lotto_jax import cli, sharding, store
+
+    def caught(fn):
+        try:
+            fn()
+        except Exception as e:
+            return e
+        raise AssertionError("no exception")
+
+    e = caught(lambda: sharding.parse_mesh("data=x"))
+    assert cli._user_error(e) == "mesh: size of 'data' must be an int, got 'x'"
+    assert cli._user_error(caught(lambda: np.zeros(3).reshape(2))) is None  # numpy's
+    assert cli._user_error(caught(lambda: store._json_default(object()))) is None  # TypeError
+    assert cli._user_error(caught(lambda: int("x"))) is None  # raised here, not by lotto_jax
+    assert cli._user_error(cli._ConfigError("a\n  b\n\nc")) == "a b c"
+    assert cli._user_error(FileNotFoundError(2, "No such file", "/x")) is not None
+
+
+# ----------------------------------------------------------------------- help
+
+
+def test_help_is_plain_text(shared):
+    """``lotto --help`` and every ``lotto COMMAND --help``: the docstrings' text
+    without reST markup (one process: help rendering only)."""
+    from lotto_jax.cli import COMMANDS
+
+    code = (
+        "import sys\nfrom lotto_jax.cli import main\n"
+        "for argv in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
+        "    print('=== ' + ' '.join(argv), flush=True)\n"
+        "    try:\n        main(argv)\n    except SystemExit as e:\n"
+        "        assert e.code in (0, None), e.code\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *COMMANDS], capture_output=True,
+                       text=True, env=_env(shared), timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for text in r.stdout.split("=== ")[1:]:
+        head = text.splitlines()[0]
+        assert "--help" in text and len(text) > 200, head
+        for markup in ("``", ":func:", ":class:", ":mod:", ":data:", ":meth:"):
+            assert markup not in text, (head, markup)
+    assert r.stdout.count("=== ") == len(COMMANDS) + 1
