@@ -305,7 +305,13 @@ def _config_errors_raise():
 
     def hook(event: Any) -> None:
         if isinstance(event, failure):
-            raise _ConfigError(event.message)
+            # a value tyro could not convert (``--fraction abc``) carries its flag
+            lowered = getattr(event.argument, "lowered", None)
+            flag = "/".join(getattr(lowered, "name_or_flags", None) or ())
+            metavar = getattr(lowered, "metavar", None)
+            message = f"{flag}: {event.message}" if flag else event.message
+            raise _ConfigError(f"{message} (expected {metavar})" if flag and metavar
+                               else message)
 
     with on_parse_error(hook):
         yield

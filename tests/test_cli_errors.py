@@ -242,6 +242,16 @@ def test_debug_shows_the_traceback(shared, tmp_path, monkeypatch):
     assert cli.main(["pai", "--method", "snap", "--out", str(tmp_path / "out")]) == 2
 
 
+def test_a_value_of_the_wrong_type_names_its_flag(capsys):
+    """tyro's conversion failure (in this process: ``main`` is the entry point)."""
+    from lotto_jax import cli
+
+    assert cli.main(["imp", "--fraction", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert err == "lotto: error: --fraction: could not convert string to float: 'abc' " \
+                  "(expected FLOAT)\n", err
+
+
 def test_only_errors_the_package_raises_are_user_errors():
     """The rule of ``main``: a bug (wrong type, or a ValueError from outside the
     package) keeps its traceback; messages become one line."""
