@@ -43,11 +43,14 @@ class TrainCommand:
         params (e.g. a round of ``lotto imp``); dense when not given.
       out: output directory: ``config.json``, ``metrics.jsonl``, ``result.json``
         and the trained params (orbax) under ``params/``.
+      recipe: a named preset of the papers' settings (``lotto recipes``): its
+        values are the defaults of every other flag, which override them.
     """
 
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     mask: str | None = None
     out: str = "runs/train"
+    recipe: str | None = None
 
 
 def train_main(config: TrainCommand) -> Any:
@@ -137,6 +140,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pai": ("lotto_jax.pai", "PaiConfig", "main"),
     "supermask": ("lotto_jax.supermask", "SupermaskConfig", "main"),
     "report": ("lotto_jax.report", "ReportConfig", "main"),
+    "recipes": ("lotto_jax.recipes", "RecipesConfig", "main"),
 }
 
 
@@ -389,14 +393,34 @@ def run(argv: list[str] | None = None) -> Any:
         print(_usage(available), file=sys.stderr)
         raise SystemExit(f"lotto: unknown command {name!r}; expected one of {list(available)}")
     cls, fn = available[name]
+    default = None
+    recipe = _recipe_name(rest)
+    if recipe is not None:  # the recipe's values become the defaults of every flag
+        from lotto_jax import recipes
+
+        default = recipes.build(recipe, name)
     config = tyro.cli(
         cls,
         args=rest,
+        default=default,
         prog=f"lotto {name}",
         description=_summary(cls.__doc__),
         config=(tyro.conf.OmitArgPrefixes,),
     )
     return fn(config)
+
+
+def _recipe_name(args: list[str]) -> str | None:
+    """The value of ``--recipe NAME`` / ``--recipe=NAME`` in ``args`` (the last one)."""
+    name = None
+    for i, a in enumerate(args):
+        if a == "--recipe":
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ValueError("recipe: expected a name after --recipe (see 'lotto recipes')")
+            name = args[i + 1]
+        elif a.startswith("--recipe="):
+            name = a.split("=", 1)[1]
+    return name
 
 
 if __name__ == "__main__":
