@@ -169,6 +169,7 @@ class WriteBehind:
         self._pending: list[str] = []
         self._lock = threading.Lock()
         self._error: BaseException | None = None
+        self._closed = False
         self._thread = threading.Thread(target=self._work, name="lotto-store", daemon=True)
         self._thread.start()
 
@@ -215,7 +216,10 @@ class WriteBehind:
 
     def close(self, *, raise_errors: bool = True) -> None:
         """Flushes and stops the thread (errors kept quiet when ``raise_errors`` is
-        False, e.g. while another exception propagates)."""
+        False, e.g. while another exception propagates); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         try:
             self._queue.join()
             if raise_errors:

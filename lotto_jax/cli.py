@@ -1,4 +1,4 @@
-"""The ``lotto`` command: ``train | imp | pai | supermask | report``.
+"""The ``lotto`` command: ``train | imp | pai | supermask | report | recipes | ls``.
 
 Each sub-command is a frozen config dataclass (its docstring and ``Attributes:`` are
 the help) and a ``main(config)`` function in the module that owns it; this file only
@@ -30,7 +30,7 @@ import tyro
 
 from lotto_jax.common import RunConfig, write_config
 
-__all__ = ["COMMANDS", "TrainCommand", "main", "run", "train_main"]
+__all__ = ["COMMANDS", "CommandImportError", "TrainCommand", "main", "run", "train_main"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +60,14 @@ def train_main(config: TrainCommand) -> Any:
     from lotto_jax import common, masks, sharding
     from lotto_jax.train import fit
 
+    if config.mask:  # before the slow part: building the model and the data
+        path = os.path.abspath(config.mask)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"mask: no checkpoint directory at {path}")
     prep = common.prepare(config.run)
     params = prep.params
     model_state = prep.model_state
     if config.mask:
-        path = os.path.abspath(config.mask)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"mask: no checkpoint directory at {path}")
         mask = ocp.StandardCheckpointer().restore(path)
         masks.validate(params, mask, name="mask")
         params = masks.apply(params, mask)
@@ -141,13 +142,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "supermask": ("lotto_jax.supermask", "SupermaskConfig", "main"),
     "report": ("lotto_jax.report", "ReportConfig", "main"),
     "recipes": ("lotto_jax.recipes", "RecipesConfig", "main"),
+    "ls": ("lotto_jax.runs_ls", "LsConfig", "main"),
 }
 
 
+class CommandImportError(RuntimeError):
+    """A command's module failed to import, or lacks its config or main: a broken
+    installation or a bug, never a user error (it keeps its traceback)."""
+
+
 def _command(name: str) -> tuple[type, Any]:
+    """The config class and main function of a command (imports its module).
+
+    Raises:
+      CommandImportError: the module fails to import or lacks them (chained to
+        the original error).
+    """
     module_name, cls, fn = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    return getattr(module, cls), getattr(module, fn)
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, cls), getattr(module, fn)
+    except (ImportError, AttributeError) as e:
+        raise CommandImportError(
+            f"lotto {name}: cannot load {module_name}.{cls} / {fn}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
 
 
 def _summary(doc: str | None) -> str:
@@ -249,7 +268,7 @@ def _name_flags(message: str, argv: list[str]) -> str:
         return message
     try:
         cls, _ = _command(argv[0])
-    except (ImportError, AttributeError):
+    except CommandImportError:  # formatting another error: keep that one
         return message
     return f"--{head.replace('_', '-')}{sep}{rest}" if head in _flags(cls) else message
 
@@ -360,10 +379,7 @@ def _plain_help():
     command line is parsed (the classes keep their reST docstrings otherwise)."""
     saved: dict[type, str | None] = {}
     for name in COMMANDS:
-        try:
-            cls, _ = _command(name)
-        except (ImportError, AttributeError):
-            continue
+        cls, _ = _command(name)  # a broken module fails here, loudly
         for c in _config_classes(cls):
             if c not in saved and c.__doc__:
                 saved[c] = c.__doc__
@@ -379,12 +395,7 @@ def _plain_help():
 def run(argv: list[str] | None = None) -> Any:
     """Parses ``argv`` (default ``sys.argv[1:]``), runs the command, returns its result."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    available = {}
-    for name in COMMANDS:
-        try:
-            available[name] = _command(name)
-        except (ImportError, AttributeError):  # a driver this version does not ship
-            continue
+    available = {name: _command(name) for name in COMMANDS}  # a broken one raises
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(available))
         return None

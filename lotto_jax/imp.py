@@ -126,7 +126,7 @@ CONTROLS: tuple[str, ...] = ("reinit", "shuffle", "random")
 
 MUTABLE_FIELDS: tuple[str, ...] = (
     "rounds", "controls", "save_every", "save_interval", "timing", "out", "overwrite",
-    "new_dir", "run.data_dir", "recipe",
+    "new_dir", "run.data_dir", "recipe", "repair",
 )
 """ImpConfig fields that may change when a run directory is resumed."""
 
@@ -175,6 +175,11 @@ class ImpConfig:
         ``out_2``, ... instead of refusing.
       recipe: a named preset of the papers' settings (``lotto recipes``): its
         values are the defaults of every other flag, which override them.
+      repair: before running, verify every stored item, print the corrupt or
+        partial units and discard them (a finished round with a corrupt item
+        with its controls and every later round; a corrupt mid-round checkpoint
+        alone; a control's round alone), then recompute them
+        (:mod:`lotto_jax.repair`).
     """
 
     run: common.RunConfig = dataclasses.field(default_factory=common.RunConfig)
@@ -193,6 +198,7 @@ class ImpConfig:
     overwrite: bool = False
     new_dir: bool = False
     recipe: str | None = None
+    repair: bool = False
 
     def __post_init__(self):
         if not isinstance(self.rounds, int) or self.rounds < 0:
@@ -611,7 +617,10 @@ def run_imp(
         ``store``.
       lotto_jax.store.ConfigMismatchError: ``store`` holds a run made with other
         arguments (``rounds`` and ``controls`` may change).
-      lotto_jax.store.CorruptCheckpointError: a stored checkpoint is altered.
+      lotto_jax.store.CorruptCheckpointError: a stored checkpoint is altered
+        (:func:`lotto_jax.repair.repair` discards what depends on it).
+      lotto_jax.store.RunLockedError: ``store`` is a directory another process
+        writes (a directory opened here is released on return or error).
 
     References:
       Frankle & Carbin 2019, arXiv:1803.03635; Frankle et al. 2020,
@@ -641,14 +650,15 @@ def run_imp(
     }
     if replicates:
         record["replicates"] = n_rep
+    owned = None  # a store opened here is closed (its lock released) here
     if isinstance(store, str):
-        store = RunStore.open(store, record, mutable=("rounds", "controls"))
+        store = owned = RunStore.open(store, record, mutable=("rounds", "controls"))
     clock = _runner.Clock()
     writer = None
-    if store is not None:
-        store.check_record("driver", record, mutable=("rounds", "controls"))
-        store = writer = _runner.WriteBehind(store, clock)
     try:
+        if store is not None:
+            store.check_record("driver", record, mutable=("rounds", "controls"))
+            store = writer = _runner.WriteBehind(store, clock)
         result = _run(
             trainer, params0, model_state0, dataset, rounds=rounds, fraction=fraction,
             scope=scope, groups=groups, layer_fractions=layer_fractions, kind=kind, k_step=k_step,
@@ -658,16 +668,19 @@ def run_imp(
             stack_controls=stack_controls, mesh=mesh, timing=timing, progress=progress,
             clock=clock,
         )
+        if writer is not None:
+            t = time.perf_counter()
+            writer.close()  # the last writes land before we return
+            dt = time.perf_counter() - t
+            result.timing[-1]["checkpoint_s"] += dt
+            result.timing[-1]["total_s"] += dt
     except BaseException:
         if writer is not None:
             writer.close(raise_errors=False)
         raise
-    if writer is not None:
-        t = time.perf_counter()
-        writer.close()  # the last writes land before we return
-        dt = time.perf_counter() - t
-        result.timing[-1]["checkpoint_s"] += dt
-        result.timing[-1]["total_s"] += dt
+    finally:
+        if owned is not None:
+            owned.close()
     return result
 
 
@@ -920,13 +933,35 @@ def main(config: ImpConfig) -> ImpResult:
     ``init_variables(seed + i)``, reads data in the order of ``key(data_seed + i)``
     (:func:`lotto_jax.common.replicate_data_keys`) and draws its controls from
     ``fold_in(key(seed + i), 1)``: replicate 0 is the single run.
-    """
-    from lotto_jax import report
 
+    The run holds ``config.out``'s lock until it returns or fails
+    (:meth:`lotto_jax.store.RunStore.open`). With ``config.repair`` the store is
+    first verified and its corrupt units discarded (:func:`lotto_jax.repair.repair`),
+    so that the run recomputes them; without it, a corrupt item's error says so.
+    """
     store = RunStore.open(
         config.out, common.config_to_dict(config), overwrite=config.overwrite,
         new_dir=config.new_dir, mutable=MUTABLE_FIELDS,
     )
+    try:  # the lock is released on every way out
+        if config.repair:
+            from lotto_jax import repair
+
+            repair.repair(store, echo=print)
+        return _main(config, store)
+    except CorruptCheckpointError as e:
+        if config.repair:
+            raise
+        raise CorruptCheckpointError(
+            f"{e}; rerun with --repair to discard the corrupt units and recompute them"
+        ) from e
+    finally:
+        store.close()
+
+
+def _main(config: ImpConfig, store: RunStore) -> ImpResult:
+    from lotto_jax import report
+
     prep = common.prepare(config.run)
     prunable = masks.all_leaves if config.prune_biases else masks.default_prunable
     layer_fractions = (

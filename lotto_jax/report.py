@@ -105,8 +105,13 @@ def load_run(directory: str) -> RunData:
       A :class:`RunData`.
 
     Raises:
-      FileNotFoundError: ``directory`` has no finished round.
+      FileNotFoundError: ``directory`` does not exist, or has no finished round.
     """
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"{directory}: no such run directory"
+            + (" (it is a file)" if os.path.exists(directory) else "")
+        )
     rounds = _records(directory)
     if not rounds:
         raise FileNotFoundError(

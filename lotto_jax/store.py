@@ -11,6 +11,8 @@ pickle.
 Layout of an IMP run directory (:mod:`lotto_jax.imp`)::
 
   RUN/
+    .lock                        {pid, host, started} of the one process writing the
+                                 run (while it runs; see below)
     config.json                  the resolved driver config (a changed one is refused)
     driver.json                  run_imp's own arguments (fraction, scope, rewind, keys)
     init/                        θ0: {"params", "model_state"}
@@ -39,6 +41,15 @@ renames it). So an item exists only when its manifest does; a directory without 
 is debris of a killed save and is deleted before the next save, and an item whose
 files disagree with its manifest (truncated, rewritten, missing, extra) raises
 :class:`CorruptCheckpointError` naming the file. Nothing unverified is ever loaded.
+
+One writer per run directory: :meth:`RunStore.open` creates ``RUN/.lock``
+atomically and :meth:`RunStore.close` (or leaving a ``with`` block) deletes it. A
+second process opening the directory gets :class:`RunLockedError` naming the
+holder's PID and host; a lock whose process has died on this host is taken over
+(with a note on stderr); a lock from another host is refused, since its process
+cannot be checked (delete the file if it is stale). Readers (``lotto report``,
+``lotto ls``) take no lock. :mod:`lotto_jax.repair` discards the corrupt units of
+a run so that the next run recomputes them.
 
 Restoring with plain orbax (no lotto_jax needed), e.g. round 3's ticket and the rewind
 point; pass an abstract target from ``jax.eval_shape`` to get arrays of a given
@@ -73,9 +84,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lotto_jax import _runlock
+from lotto_jax._runlock import RunLockedError
+
 __all__ = [
     "ConfigMismatchError",
     "CorruptCheckpointError",
+    "RunLockedError",
     "RunStore",
     "config_diff",
     "round_name",
@@ -213,6 +228,7 @@ class RunStore:
 
         self._ocp = ocp
         self._ckpt = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+        self._lock: _runlock.RunLock | None = None
 
     # ----------------------------------------------------------------- opening
     @classmethod
@@ -224,8 +240,9 @@ class RunStore:
         overwrite: bool = False,
         new_dir: bool = False,
         mutable: Iterable[str] = (),
+        lock: bool = True,
     ) -> RunStore:
-        """Opens (or creates) a run directory for ``config``.
+        """Opens (or creates) a run directory for ``config``, as its one writer.
 
         Args:
           directory: the run directory.
@@ -240,44 +257,86 @@ class RunStore:
           mutable: dotted config names allowed to change on an existing run (e.g.
             ``"rounds"``, ``"controls"``); their new values replace the stored
             ones.
+          lock: take the directory's lock file ``.lock`` (``{pid, host,
+            started}``) until :meth:`close`: one writer per run directory. A
+            lock left by a dead process of this host is taken over (a note on
+            stderr); this process may open a directory it holds again (the lock
+            is counted). In a multi-process JAX run, process 0 takes it.
 
         Returns:
-          The store.
+          The store; :meth:`close` it (or use it as a context manager).
 
         Raises:
           ConfigMismatchError: the directory holds a run with a different config
             (the message lists each differing field as ``name: old -> new``).
+          RunLockedError: another live process, or a process on another host,
+            holds the directory (the message names its PID and host).
           ValueError: ``overwrite`` on a non-empty directory that is not a run.
         """
         mutable = tuple(mutable)
         if overwrite:
-            cls._wipe(directory)
+            cls._check_wipe(directory)
         candidate, i = directory, 0
         while True:
             store = cls(candidate)
             try:
+                if lock and jax.process_index() == 0:  # one lock for a multi-process run
+                    os.makedirs(store.directory, exist_ok=True)
+                    store._lock = _runlock.acquire(store.directory)
+                if overwrite and candidate == directory:
+                    cls._wipe(directory)
                 if config is not None:
                     store.check_record("config", config, mutable=mutable)
                 else:
                     os.makedirs(store.directory, exist_ok=True)
                 return store
             except ConfigMismatchError:
+                store.close()
                 if not new_dir:
                     raise
                 i += 1
                 candidate = f"{directory.rstrip('/')}_{i}"
+            except BaseException:
+                store.close()
+                raise
+
+    def close(self) -> None:
+        """Releases the directory's lock (if :meth:`open` took it); idempotent."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @staticmethod
-    def _wipe(directory: str) -> None:
-        if not os.path.exists(directory):
+    def _check_wipe(directory: str) -> None:
+        if not os.path.isdir(directory):
             return
-        entries = os.listdir(directory)
+        entries = [e for e in os.listdir(directory) if e != _runlock.LOCK_NAME]
         if entries and "config.json" not in entries and "driver.json" not in entries:
             raise ValueError(
                 f"overwrite: {directory} is not a run directory (no config.json); "
                 "refusing to delete it"
             )
-        shutil.rmtree(directory)
+
+    @classmethod
+    def _wipe(cls, directory: str) -> None:
+        """Deletes a run's contents (its lock file, held by the caller, stays)."""
+        cls._check_wipe(directory)
+        if not os.path.isdir(directory):
+            return
+        for name in os.listdir(directory):
+            path = os.path.join(directory, name)
+            if name == _runlock.LOCK_NAME:
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
     def path(self, *parts: str) -> str:
         """The absolute path of ``parts`` inside the run directory."""
