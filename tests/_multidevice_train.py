@@ -1,7 +1,11 @@
 """Run by tests/test_sharding.py in a subprocess with 8 host devices.
 
-Trains the same masked network on one device, data-parallel over 8 and FSDP-style
-over data=4 x model=2, and checks params, masks, shardings and the trace count.
+First checks sharding.param_shardings on meshes data=4 x model=2 and data=2 x
+model=4 against hand-written specs and shard shapes (a leaf whose largest axis
+divides the model axis, ones that fall back to another axis, indivisible and small
+leaves replicated) and that masks.init keeps each param's sharding. Then trains the
+same masked network on one device, data-parallel over 8 and FSDP-style over
+data=4 x model=2, and checks params, masks, shardings and the trace count.
 """
 
 import os
@@ -16,6 +20,54 @@ from jax.sharding import PartitionSpec as P
 from lotto_jax import data, masks, models, prune, scores, sharding, train
 
 assert len(jax.devices()) == 8, jax.devices()
+
+# ------------------------------------------------------------------ param_shardings
+# Expected specs and per-device shard shapes are written out by hand from the rule
+# of sharding.param_shardings: with fsdp, a leaf of >= 1024 elements is split over
+# "model" along its largest dimension divisible by the axis size (ties: the first
+# such dimension), falling back to the next largest; none divisible, or < 1024
+# elements: replicated.
+M = "model"
+leaves = {  # shape, {model size: (spec, shard shape)}
+    "divisible": ((300, 40), {2: (P(M, None), (150, 40)), 4: (P(M, None), (75, 40))}),
+    # 301 is odd: falls back to the 64-wide axis
+    "fallback": ((301, 64), {2: (P(None, M), (301, 32)), 4: (P(None, M), (301, 16))}),
+    # a conv kernel: 66 divides 2 but not 4, where the 16 input channels take over
+    "conv": ((3, 3, 16, 66), {2: (P(None, None, None, M), (3, 3, 16, 33)),
+                              4: (P(None, None, M, None), (3, 3, 4, 66))}),
+    "indivisible": ((301, 33), {2: (P(), (301, 33)), 4: (P(), (301, 33))}),
+    "at_min_size": ((32, 32), {2: (P(M, None), (16, 32)), 4: (P(M, None), (8, 32))}),
+    "below_min_size": ((31, 32), {2: (P(), (31, 32)), 4: (P(), (31, 32))}),
+    "bias": ((100,), {2: (P(), (100,)), 4: (P(), (100,))}),
+}
+tree = {k: np.arange(np.prod(s), dtype=np.float32).reshape(s) for k, (s, _) in leaves.items()}
+for spec_str, n_model in [("data=4,model=2", 2), ("data=2,model=4", 4)]:
+    mesh = sharding.make_mesh(spec_str)
+    assert dict(mesh.shape) == {"data": 8 // n_model, "model": n_model}, mesh.shape
+    # without fsdp everything is replicated
+    for s in jax.tree.leaves(sharding.param_shardings(tree, mesh)):
+        assert s.spec == P(), s.spec
+    shardings = sharding.param_shardings(tree, mesh, fsdp=True)
+    placed = sharding.place(tree, shardings)
+    mask = masks.init(placed, prunable=masks.all_leaves)
+    for name, (shape, want) in leaves.items():
+        spec, shard_shape = want[n_model]
+        assert shardings[name].spec == spec, (spec_str, name, shardings[name].spec, spec)
+        p, m = placed[name], mask[name]
+        assert p.sharding.spec == spec, (spec_str, name, p.sharding.spec)
+        # masks.init keeps the param's sharding: same spec, same shard per device
+        assert m.sharding.spec == spec, (spec_str, name, m.sharding.spec)
+        assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
+        assert m.dtype == np.bool_ and m.shape == shape
+        p_shards = {s.device: s for s in p.addressable_shards}
+        for s in m.addressable_shards:
+            assert s.data.shape == shard_shape, (spec_str, name, s.data.shape, shard_shape)
+            assert s.index == p_shards[s.device].index, (name, s.index)
+            assert bool(np.all(np.asarray(s.data)))
+            # the param's shard holds the slice its index names
+            np.testing.assert_array_equal(np.asarray(p_shards[s.device].data),
+                                          tree[name][s.index])
+print("PARAM SHARDINGS OK", flush=True)
 rng = np.random.default_rng(0)
 x = rng.normal(size=(512, 16)).astype(np.float32)
 y = (x[:, 0] > 0).astype(np.int32)

@@ -159,13 +159,6 @@ def test_init_all_leaves_predicate_on_biases_only():
     assert mask["b"].dtype == jnp.bool_ and bool(mask["b"].all())
 
 
-def test_init_keeps_sharding_single_device():
-    params = linen_params()
-    mask = masks.init(params)
-    for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True):
-        assert m.sharding == p.sharding
-
-
 # ----------------------------------------------------------------------------------
 # nnx State end to end
 

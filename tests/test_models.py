@@ -104,6 +104,45 @@ def leaf_paths(tree) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def np_conv(x, kernel, bias, padding):
+    """NHWC x HWIO convolution, stride 1, in float64: a sum over the kernel window
+    written with numpy (independent of XLA). SAME pads (k - 1) // 2 each side."""
+    kh, kw = kernel.shape[:2]
+    if padding == "SAME":
+        x = np.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
+    # win: [n, h_out, w_out, c_in, kh, kw]
+    return np.einsum("nhwcij,ijco->nhwo", win, kernel) + bias
+
+
+def np_pool(x):
+    """2x2 max pool, stride 2, by reshape."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def np_relu(z):
+    return np.maximum(z, 0.0)
+
+
+def as_f64(tree):
+    return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def numpy_variables(model, shape, seed=0):
+    """Variables of ``model``'s structure (traced, not compiled: the initialisers'
+    compilation is slow on CPU and not under test here) filled with numpy draws:
+    kernels N(0, 1 / fan_in), every other leaf N(0, 0.1^2)."""
+    abstract = jax.eval_shape(lambda k: models.init(model, k, shape), jax.random.key(0))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, a):
+        std = 1 / math.sqrt(math.prod(a.shape[:-1])) if path[-1].key == "kernel" else 0.1
+        return (std * rng.standard_normal(a.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
+
+
 @pytest.fixture(scope="module")
 def resnet20():
     model = models.build("resnet20")
@@ -230,16 +269,40 @@ def test_count_params_on_concrete_and_nnx():
 # real forward passes on the small nets (batch 2)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "conv2"])
-def test_forward_runs(name):
+def np_lenet5(p, x):
+    h = np_pool(np_relu(np_conv(x, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], "SAME")))
+    h = np_pool(np_relu(np_conv(h, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], "VALID")))
+    h = h.reshape(len(h), -1)  # NHWC order
+    h = np_relu(h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    h = np_relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+    return h @ p["output"]["kernel"] + p["output"]["bias"]
+
+
+def np_conv2(p, x):
+    h = np_relu(np_conv(x, p["Conv_0"]["kernel"], p["Conv_0"]["bias"], "SAME"))
+    h = np_pool(np_relu(np_conv(h, p["Conv_1"]["kernel"], p["Conv_1"]["bias"], "SAME")))
+    h = h.reshape(len(h), -1)
+    h = np_relu(h @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])
+    h = np_relu(h @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"])
+    return h @ p["output"]["kernel"] + p["output"]["bias"]
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "reference"),
+    # LeNet-5 on its 28x28 input; Conv-2 on 8x8x3 (same code path, small dense layer)
+    [("lenet5", (28, 28, 1), np_lenet5), ("conv2", (8, 8, 3), np_conv2)],
+)
+def test_forward_matches_numpy(name, shape, reference):
+    """Truth: the layer stack written in numpy (window-sum convolutions, reshape
+    max pools, NHWC flatten) on the same params (numpy draws, non-zero biases).
+    Tolerance: float32 against float64, rtol 1e-4 / atol 1e-5."""
     model = models.build(name)
-    variables = models.init(model, jax.random.key(1), models.input_shape(name))
-    x = jax.random.normal(jax.random.key(2), (2, *models.input_shape(name)))
-    logits = jax.jit(model.apply)(variables, x)
+    params = numpy_variables(model, shape)["params"]
+    x = np.random.default_rng(1).standard_normal((2, *shape)).astype(np.float32)
+    logits = jax.jit(model.apply)({"params": params}, x)
     assert logits.shape == (2, 10)
-    assert bool(jnp.all(jnp.isfinite(logits)))
-    again = models.init(model, jax.random.key(1), models.input_shape(name))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, variables, again)
+    np.testing.assert_allclose(logits, reference(as_f64(params), x.astype(np.float64)),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_init_with_unhashable_fields():
@@ -363,16 +426,52 @@ def test_resnet20_train_updates_batch_stats(resnet20):
     assert not np.allclose(eval_logits, logits)
 
 
-def test_vgg_code_path_train_and_eval():
-    # The same VGG class on a tiny plan: the full VGG-16 is checked by tracing above.
+def test_vgg_batchnorm_train_and_eval_match_numpy():
+    """The VGG class on a tiny plan (conv 8, pool, conv 16; 8x8 inputs), against
+    numpy: train mode normalises with the batch statistics (mean and biased variance
+    over N, H, W; eps 1e-5) and updates ``ra = 0.9 ra + 0.1 batch`` (flax momentum
+    0.9); eval mode normalises with the running statistics and returns nothing
+    mutable. Random (numpy) BN scales, offsets, conv biases and running statistics
+    make every term count. Tolerance: float32 against float64, rtol 1e-4 / atol 1e-5."""
     model = models.VGG(plan=(8, "M", 16), num_classes=3)
-    variables = models.init(model, jax.random.key(0), (8, 8, 3))
-    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    assert logits.shape == (2, 3)
-    assert not np.allclose(updates["batch_stats"]["BatchNorm_0"]["mean"], 0.0)
-    assert model.apply(variables, x).shape == (2, 3)
-    assert count_bn(variables["params"]) == 2
+    variables = numpy_variables(model, (8, 8, 3))
+    params = variables["params"]
+    assert count_bn(params) == 2
+    rng = np.random.default_rng(1)
+    for i in (0, 1):  # BN scales around 1, running variances positive
+        params[f"BatchNorm_{i}"]["scale"] = 1 + params[f"BatchNorm_{i}"]["scale"]
+    stats = {k: {"mean": v["mean"], "var": rng.uniform(0.5, 2.0, v["var"].shape).astype(np.float32)}
+             for k, v in variables["batch_stats"].items()}
+    x = rng.standard_normal((2, 8, 8, 3)).astype(np.float32)
+    p, st = as_f64(params), as_f64(stats)
+
+    def reference(train):
+        h, new_stats = x.astype(np.float64), {}
+        for i in (0, 1):
+            h = np_conv(h, p[f"Conv_{i}"]["kernel"], p[f"Conv_{i}"]["bias"], "SAME")
+            bn, ra = p[f"BatchNorm_{i}"], st[f"BatchNorm_{i}"]
+            if train:
+                mu, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+                new_stats[f"BatchNorm_{i}"] = {"mean": 0.9 * ra["mean"] + 0.1 * mu,
+                                               "var": 0.9 * ra["var"] + 0.1 * var}
+            else:
+                mu, var = ra["mean"], ra["var"]
+            h = np_relu((h - mu) / np.sqrt(var + 1e-5) * bn["scale"] + bn["bias"])
+            if i == 0:
+                h = np_pool(h)
+        h = h.mean(axis=(1, 2))
+        return h @ p["output"]["kernel"] + p["output"]["bias"], new_stats
+
+    v = {"params": params, "batch_stats": stats}
+    logits, updates = model.apply(v, x, train=True, mutable=["batch_stats"])
+    want_logits, want_stats = reference(train=True)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+    for layer, kinds in want_stats.items():
+        for kind, want in kinds.items():
+            np.testing.assert_allclose(updates["batch_stats"][layer][kind], want,
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{layer}/{kind}")
+    eval_logits = model.apply(v, x)
+    np.testing.assert_allclose(eval_logits, reference(train=False)[0], rtol=1e-4, atol=1e-5)
 
 
 def count_bn(params) -> int:

@@ -2,7 +2,9 @@
 controls, layer collapse, bad input, and the driver end to end on MNIST-1D.
 
 Truths: numpy sorts for magnitude masks, hand-worked small cases for inversion and
-collapse, and the exact counts of lotto_jax.prune's rule (round half up).
+collapse, the exact counts of lotto_jax.prune's rule (round half up), scipy's KS test
+for the random scores, and for the driver the masks restored with plain orbax and
+the reported accuracies re-computed by numpy forward passes.
 """
 
 import itertools
@@ -16,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lotto_jax import common, masks, pai, prune, scores, train
+from lotto_jax import common, data, masks, models, pai, prune, scores, train
 
 # Arrays come from numpy: eager JAX ops compile on first use (slow on a loaded box).
 
@@ -92,20 +94,26 @@ def test_magnitude_at_init_global_and_layerwise_match_numpy_sorts():
 
 
 def test_random_at_init_is_the_global_threshold_of_normal_scores():
+    """Truths: scipy's Kolmogorov-Smirnov test of ``scores.random`` against N(0, 1)
+    (per leaf and pooled; the key is fixed, so the p-values are fixed numbers, all
+    above 0.01), the draws of two leaves uncorrelated (|r| < 4 / sqrt(600)), and a
+    numpy stable sort for the global top-k of those scores."""
+    stats = pytest.importorskip("scipy.stats")
     params = mlp_params(0, (40, 30, 20), bias=False)
     key = jax.random.key(3)
+    drawn = kernels(scores.random(params, key=key))
+    for d in drawn:
+        assert d.dtype == np.float32
+        assert stats.kstest(d.ravel(), "norm").pvalue > 0.01
+    s = np.concatenate([d.ravel() for d in drawn])
+    assert stats.kstest(s, "norm").pvalue > 0.01
+    assert abs(np.corrcoef(drawn[0].ravel()[:600], drawn[1].ravel())[0, 1]) < 4 / 600**0.5
     got = pai.prune_at_init("random", params=params, density=0.2, key=key)
-    s = np.concatenate([np.asarray(v).ravel()
-                        for v in kernels(scores.random(params, key=key))])
     n_keep = math.floor(0.2 * s.size + 0.5)
     want = np.zeros(s.size, bool)
     want[np.argsort(s, kind="stable")[s.size - n_keep:]] = True
     np.testing.assert_array_equal(np.concatenate([k.ravel() for k in kernels(got)]), want)
-    assert count(got) == round(0.2 * (1200 + 600))
-    # about uniform per layer (a global threshold over i.i.d. scores); binomial std
-    # of a layer's density is at most sqrt(.2 * .8 / 600) = 0.016
-    for k in kernels(got):
-        assert abs(k.mean() - 0.2) < 0.06
+    assert count(got) == 360  # 0.2 * (1200 + 600)
     other = pai.prune_at_init("random", params=params, density=0.2, key=jax.random.key(4))
     same = sum(int((a & b).sum()) for a, b in zip(kernels(got), kernels(other), strict=True))
     assert same < 0.4 * count(got)  # independent draws share about 20 %
@@ -167,14 +175,20 @@ def test_shuffle_keeps_layer_counts_and_moves_weights():
     assert bool(np.all(sh["Dense_0"]["bias"]))
 
 
-def test_reinit_draws_new_weights_of_the_same_shapes():
-    from lotto_jax import models
-
+def test_reinit_is_models_init_with_the_drivers_key():
+    """pai.main draws the reinit control with ``fold_in(key(seed), 3)``: bit-equal to
+    ``models.init`` under that key; another key gives other weights."""
     module = models.build("mnist1d_mlp", hidden=8)
-    a = pai.reinit(module, (40,), key=jax.random.key(0))
-    b = pai.reinit(module, (40,), key=jax.random.key(1))
-    assert jax.tree.map(np.shape, a) == jax.tree.map(np.shape, b)
-    assert not np.allclose(a["params"]["Dense_0"]["kernel"], b["params"]["Dense_0"]["kernel"])
+    key = jax.random.fold_in(jax.random.key(0), 3)
+    got = pai.reinit(module, (40,), key=key)
+    want = models.init(module, key, (40,))
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    theta0 = models.init(module, jax.random.key(0), (40,))
+    assert not np.array_equal(got["params"]["Dense_0"]["kernel"],
+                              theta0["params"]["Dense_0"]["kernel"])
 
 
 # ----------------------------------------------------------------------------------
@@ -266,10 +280,55 @@ def test_schedule_densities():
 # the driver
 
 
+class FitSpy:
+    """Wraps ``train.fit`` and keeps, as numpy, the params each network started from
+    and ended with (``pai.main`` trains every variant in one stacked fit, one row
+    per variant, or a single network unstacked)."""
+
+    def __init__(self, real):
+        self.real, self.start, self.final = real, [], []
+
+    def __call__(self, trainer, state, mask, dataset, **kw):
+        rows = (lambda t: [jax.tree.map(lambda a, i=i: np.array(a[i]), t)
+                           for i in range(len(jax.tree.leaves(t)[0]))]) \
+            if kw.get("replicates") else (lambda t: [jax.tree.map(np.array, t)])
+        self.start = rows(state.params)
+        state, result = self.real(trainer, state, mask, dataset, **kw)
+        self.final = rows(state.params)
+        return state, result
+
+
+def np_logits(p, x, *, residual=False):
+    """The MLPs of lotto_jax.models in float64 numpy: ``Dense_i`` + ReLU (the second
+    residual for mnist1d_mlp), then ``output``."""
+    h = np.asarray(x, np.float64).reshape(len(x), -1)
+    for i in range(len(p) - 1):
+        z = np.maximum(h @ p[f"Dense_{i}"]["kernel"] + p[f"Dense_{i}"]["bias"], 0.0)
+        h = h + z if residual and i == 1 else z
+    return h @ p["output"]["kernel"] + p["output"]["bias"]
+
+
+def np_accuracy(params, mask, split, *, residual=False):
+    ticket = jax.tree.map(lambda w, m: np.where(m, np.asarray(w, np.float64), 0.0),
+                          params, mask)
+    return float(np.mean(np_logits(ticket, split.x, residual=residual).argmax(1) == split.y))
+
+
+# A near-tie of two logits may rank differently in float32 (XLA) and float64 (numpy):
+# one test example in 1000.
+ONE_EXAMPLE = 1e-3 + 1e-9
+
+
 def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
+    """Truths: the masks restored with plain orbax; θ0 and the reinit weights from
+    ``models.init`` with the keys ``key(seed)`` and ``fold_in(key(seed), 3)``; each
+    variant's reported test accuracy re-computed by a numpy forward pass of its
+    final params ⊙ its restored mask on ``data.load``'s test split."""
     calls = []
     real_prepare = common.prepare
     monkeypatch.setattr(common, "prepare", lambda c: calls.append(1) or real_prepare(c))
+    spy = FitSpy(train.fit)
+    monkeypatch.setattr(train, "fit", spy)
     out = str(tmp_path / "run")
     config = pai.PaiConfig(
         run=common.RunConfig(
@@ -287,24 +346,127 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
     assert os.path.exists(os.path.join(out, "config.json"))
     assert list(saved["variants"]) == ["snip", "shuffle", "reinit", "invert"]
     n = 40 * 500 + 500 * 500 + 500 * 10
-    for name, r in saved["variants"].items():
-        assert r["density"] == pytest.approx(round(0.05 * n) / n)
+    module = models.build("mnist1d_mlp")
+    theta0 = models.init(module, jax.random.key(0), (40,))["params"]
+    fresh = models.init(module, jax.random.fold_in(jax.random.key(0), 3), (40,))["params"]
+    test = data.load("mnist1d", seed=0, validation=500).test
+    assert len(spy.final) == 4
+    for j, (name, r) in enumerate(saved["variants"].items()):
+        assert r["density"] == round(0.05 * n) / n
         assert set(r["layer_densities"]) == {"Dense_0/kernel", "Dense_1/kernel",
                                              "output/kernel"}
         assert [c["step"] for c in r["curve"]] == [0, 10, 20]
-        assert 0 <= r["best_test_accuracy"] <= 1
         assert r["early_stop_step"] in (0, 10, 20)
         assert isinstance(r["collapsed_layers"], list)
         restored = ocp.StandardCheckpointer().restore(os.path.join(out, "masks", name))
-        assert masks.density(restored) == pytest.approx(r["density"])
-        assert {r.path: r.density for r in masks.summary(restored) if r.prunable} == \
-            r["layer_densities"]
+        assert sum(int(np.sum(m)) for m in kernels(restored)) == round(0.05 * n)
+        assert {k: int(np.sum(restored[k]["kernel"])) / restored[k]["kernel"].size
+                for k in restored} == {k.split("/")[0]: v for k, v in
+                                      r["layer_densities"].items()}
+        # training started from θ0 (reinit: the fresh draw) ⊙ the restored mask
+        start = fresh if name == "reinit" else theta0
+        for w, m, got in zip(jax.tree.leaves(start), jax.tree.leaves(restored),
+                             jax.tree.leaves(spy.start[j]), strict=True):
+            np.testing.assert_array_equal(got, np.where(m, w, 0))
+        # the final params keep pruned weights at 0 and give the reported accuracy
+        final = spy.final[j]
+        for w, m in zip(jax.tree.leaves(final), jax.tree.leaves(restored), strict=True):
+            assert np.all(w[~m] == 0)
+        acc = np_accuracy(final, restored, test, residual=True)
+        assert acc == pytest.approx(r["final_test_accuracy"], abs=ONE_EXAMPLE)
+        assert r["curve"][-1]["test_accuracy"] == r["final_test_accuracy"]
     # the shuffle control keeps the method's per-layer densities
     assert saved["variants"]["shuffle"]["layer_densities"] == \
         saved["variants"]["snip"]["layer_densities"]
     assert saved["variants"]["reinit"]["layer_densities"] == \
         saved["variants"]["snip"]["layer_densities"]
     assert saved["variants"]["snip"]["best_test_accuracy"] > 0.15  # it learned something
+
+
+MLP_N = {"Dense_0": 40 * 100, "Dense_1": 100 * 100, "output": 100 * 10}  # 15,000
+
+
+def half_up(x):
+    return math.floor(x + 0.5)
+
+
+@pytest.mark.parametrize(
+    ("method", "density", "extra"),
+    [
+        (None, 0.1, {"pai_rounds": 3}),  # synflow, the default method
+        ("grasp", 0.05, {"sample_per_class": 2}),
+        ("magnitude", 0.1, {}),
+        ("random", 0.1, {}),
+        # 0.75 weights -> 1 kept globally (the largest |θ0|); the other two layers
+        # would collapse and keep their own largest instead: 3 in all
+        ("magnitude", 0.5 / 15000, {"prevent_collapse": True}),
+    ],
+    ids=["synflow-3-rounds", "grasp", "magnitude", "random", "prevent-collapse"],
+)
+def test_main_methods_exact_counts_and_reported_accuracy(tmp_path, monkeypatch, method,
+                                                          density, extra):
+    """The driver with each method on a 40-100-100-10 MLP (2 training steps).
+
+    Truths: kept counts by integer arithmetic (``floor(N d_k + 0.5)`` of N = 15,000
+    kernel weights after every round ``k``, ``d_k = d^(k/n)``; plus one weight per
+    rescued layer with prevent_collapse), numpy's global top-k of |θ0| for magnitude
+    (θ0 = ``models.init(mlp, key(0))``), and the reported accuracy re-computed by a
+    numpy forward pass on the final params ⊙ the mask restored with plain orbax."""
+    rounds_seen, counts = [], []
+    real_iterative = pai.iterative_prune
+
+    def spy_iterative(score_fn, mask, **kw):
+        rounds_seen.append(kw["rounds"])
+        kw["callback"] = lambda k, d, m: counts.append(count(m))
+        return real_iterative(score_fn, mask, **kw)
+
+    monkeypatch.setattr(pai, "iterative_prune", spy_iterative)
+    spy = FitSpy(train.fit)
+    monkeypatch.setattr(train, "fit", spy)
+    out = str(tmp_path / "run")
+    run = common.RunConfig(
+        model="mlp", train=train.TrainConfig(steps=2, batch_size=50, eval_every=2, lr=1e-2))
+    kw = {} if method is None else {"method": method}
+    result = pai.main(pai.PaiConfig(run=run, density=density, out=out, **kw, **extra))
+    assert result["method"] == (method or "synflow")
+    n = sum(MLP_N.values())
+    rounds = extra.get("pai_rounds", 1)
+    assert rounds_seen == [rounds]
+    want_counts = [half_up(n * density ** (k / rounds)) for k in range(1, rounds)]
+    want_counts.append(half_up(n * density))
+    mask = ocp.StandardCheckpointer().restore(os.path.join(out, "masks", result["method"]))
+    theta0 = models.init(models.build("mlp"), jax.random.key(0), (40,))["params"]
+    w0 = {k: np.abs(np.asarray(theta0[k]["kernel"])) for k in MLP_N}
+    if extra.get("prevent_collapse"):
+        assert want_counts == [1]
+        assert counts == [3]
+        for k in MLP_N:  # exactly the layer's largest |θ0|
+            want = np.zeros(w0[k].size, bool)
+            want[np.argmax(w0[k])] = True
+            np.testing.assert_array_equal(mask[k]["kernel"].ravel(), want)
+    else:
+        assert counts == want_counts
+    r = result["variants"][result["method"]]
+    assert r["collapsed_layers"] == []
+    assert r["density"] == counts[-1] / n
+    assert r["layer_densities"] == {f"{k}/kernel": int(mask[k]["kernel"].sum()) / MLP_N[k]
+                                    for k in MLP_N}
+    assert all(np.all(mask[k]["bias"]) for k in MLP_N)  # biases are not pruned
+    if method == "magnitude" and not extra:
+        flat = np.concatenate([w0[k].ravel() for k in MLP_N])  # tree order
+        want = np.zeros(n, bool)
+        want[np.argsort(flat, kind="stable")[n - counts[-1]:]] = True
+        np.testing.assert_array_equal(
+            np.concatenate([mask[k]["kernel"].ravel() for k in MLP_N]), want)
+    if method == "random":  # i.i.d. scores: each layer near 0.1 (binomial, 5 sigma)
+        for k, size in MLP_N.items():
+            assert abs(mask[k]["kernel"].mean() - 0.1) < 5 * (0.09 / size) ** 0.5
+    (final,) = spy.final
+    for w, m in zip(jax.tree.leaves(final), jax.tree.leaves(mask), strict=True):
+        assert np.all(w[~m] == 0)
+    test = data.load("mnist1d", seed=0).test
+    assert np_accuracy(final, mask, test) == pytest.approx(r["final_test_accuracy"],
+                                                          abs=ONE_EXAMPLE)
 
 
 def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsys):

@@ -220,34 +220,42 @@ def test_replicates_need_one_leading_axis(dataset):
 
 
 def test_write_behind_orders_writes_and_reads_wait_only_for_their_path(tmp_path):
+    """Behaviour, not timing: while the "slow" save is held (it cannot finish before
+    ``release`` is set), reads of other paths return and queued writes stay
+    unwritten; a read of "slow" returns only after that save has finished."""
     store = RunStore.open(str(tmp_path / "run"), {"a": 1})
-    release, started = threading.Event(), threading.Event()
+    release, started, finished = threading.Event(), threading.Event(), threading.Event()
     save = RunStore.save
 
     def slow(self, item, tree, **kw):
         if item == "slow":
             started.set()
-            release.wait(30)
+            release.wait(600)  # only a failing test waits this out
         save(self, item, tree, **kw)
+        if item == "slow":
+            finished.set()
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(RunStore, "save", slow)
         w = runner.WriteBehind(store, runner.Clock())
-        w.save("slow", {"x": np.arange(3.0)})
-        w.write_json("slow_done.json", {"ok": True})  # queued behind "slow"
-        assert started.wait(30)
-        t = time.perf_counter()
-        assert not w.has("other") and not w.exists("slow_done.json.bak")
-        assert time.perf_counter() - t < 5  # did not wait for "slow"
-        assert not store.exists("slow_done.json")  # still queued
-        seen = []
-        reader = threading.Thread(target=lambda: seen.append(w.has("slow")))
-        reader.start()
-        reader.join(0.3)
-        assert reader.is_alive() and not seen  # waits for the queued save
-        release.set()
-        reader.join(30)
-        assert seen == [True] and w.read_json("slow_done.json") == {"ok": True}
+        try:
+            w.save("slow", {"x": np.arange(3.0)})
+            w.write_json("slow_done.json", {"ok": True})  # queued behind "slow"
+            assert started.wait(600)
+            assert not w.has("other") and not w.exists("slow_done.json.bak")
+            assert not finished.is_set()  # those reads did not wait for "slow"
+            assert not store.exists("slow_done.json")  # still queued
+            seen = []
+            reader = threading.Thread(
+                target=lambda: seen.append((w.has("slow"), finished.is_set())))
+            reader.start()
+            time.sleep(0.3)  # lets the reader reach its wait (no assertion on time)
+            assert not finished.is_set()
+        finally:
+            release.set()
+        reader.join()
+        assert seen == [(True, True)]  # returned only after the save had finished
+        assert w.read_json("slow_done.json") == {"ok": True}
         np.testing.assert_array_equal(w.restore("slow")["x"], np.arange(3.0))
         w.close()
 

@@ -25,20 +25,15 @@ def test_make_mesh_on_one_device():
         sharding.make_mesh("data=3")
 
 
-def test_param_shardings_fsdp_picks_divisible_largest_axis():
-    mesh = sharding.make_mesh()
-    params = {"k": jax.numpy.zeros((300, 100)), "b": jax.numpy.zeros(100)}
-    out = sharding.param_shardings(params, mesh, fsdp=True)
-    # one device: model axis of size 1 -> everything replicated
-    assert out["k"].spec == jax.sharding.PartitionSpec()
-
-
 def test_data_parallel_and_fsdp_match_one_device():
-    """8 host devices in a subprocess: same params as one device, shardings kept."""
+    """8 host devices in a subprocess: param_shardings' specs and shard shapes (FSDP
+    over model=2 and model=4), masks.init keeping them, and training that gives the
+    same params as one device with the shardings kept."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu")
     script = os.path.join(os.path.dirname(__file__), "_multidevice_train.py")
     proc = subprocess.run([sys.executable, script], env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "PARAM SHARDINGS OK" in proc.stdout
     assert "MULTIDEVICE OK" in proc.stdout

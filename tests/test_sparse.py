@@ -296,15 +296,42 @@ def test_make_step_loss_decreases_and_aux():
     np.testing.assert_array_equal(np.asarray(params["w"])[~np.asarray(mask["w"])], 0.0)
 
 
-def test_make_step_unjitted_is_the_same_function():
-    params, mask, batch = _regression(3)
-    jitted = sparse.make_step(_mse, optax.sgd(0.1, momentum=0.9), donate=False)
-    plain = sparse.make_step(_mse, optax.sgd(0.1, momentum=0.9), jit=False)
-    a = jitted(params, jitted.init(params), mask, batch)
-    b = plain(params, plain.init(params), mask, batch)
-    jax.tree.map(
-        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), a, b
-    )
+@pytest.mark.parametrize("jit", [True, False])
+def test_make_step_two_sgd_momentum_steps_hand_worked(jit):
+    """Two steps of SGD (lr 0.1, momentum 0.5: ``b = g + 0.5 b; w -= 0.1 b``) on
+    ``L = 1/2 sum a (w ⊙ m - t)^2`` with ``a = [1, 1, .5, 2]``, ``t = [0, 1, 1, 0]``,
+    ``w0 = [1, -2, 3, .5]`` and entry 1 pruned. Worked by hand:
+
+    step 1: loss 1/2 (1 + 1 + 2 + .5) = 2.25; g = a (w - t) on kept = [1, 0, 1, 1];
+            b = [1, 0, 1, 1]; w1 = [.9, 0, 2.9, .4]
+    step 2: loss 1/2 (.81 + 1 + 1.805 + .32) = 1.9675; g = [.9, 0, .95, .8];
+            b = g + .5 b = [1.4, 0, 1.45, 1.3]; w2 = [.76, 0, 2.755, .27]
+
+    The pruned entry's target stays in the loss (its masked weight is 0) but gets no
+    gradient; it is exactly 0 after each step, and so is its momentum. Tolerance:
+    float32 rounding, rtol 1e-6."""
+    a = jnp.array([1.0, 1.0, 0.5, 2.0])
+    t = jnp.array([0.0, 1.0, 1.0, 0.0])
+
+    def loss(p, batch):
+        del batch
+        return 0.5 * jnp.sum(a * (p["w"] - t) ** 2)
+
+    step = sparse.make_step(loss, optax.sgd(0.1, momentum=0.5), donate=False, jit=jit)
+    params = {"w": jnp.array([1.0, -2.0, 3.0, 0.5])}
+    mask = {"w": jnp.array([True, False, True, True])}
+    state = step.init(params)
+    want = [
+        (2.25, [1.0, 0.0, 1.0, 1.0], [0.9, 0.0, 2.9, 0.4]),
+        (1.9675, [1.4, 0.0, 1.45, 1.3], [0.76, 0.0, 2.755, 0.27]),
+    ]
+    for want_loss, want_trace, want_w in want:
+        params, state, metrics = step(params, state, mask, None)
+        assert float(metrics["loss"]) == pytest.approx(want_loss, rel=1e-6)
+        (trace,) = [x for x in jax.tree.leaves(state) if np.shape(x) == (4,)]
+        np.testing.assert_allclose(trace, want_trace, rtol=1e-6)
+        np.testing.assert_allclose(params["w"], want_w, rtol=1e-6)
+        assert float(params["w"][1]) == 0.0 and float(trace[1]) == 0.0  # exactly
 
 
 # ----------------------------------------------------------------------------------
