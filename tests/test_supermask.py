@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from _numpy_ref import mlp_accuracy
 
 from lotto_jax import data, masks, models, prune, scores, supermask, train
 from lotto_jax.common import RunConfig
@@ -488,14 +489,6 @@ def test_main_replicates_equal_single_runs(tmp_path):
     assert mask["Dense_0"]["kernel"].shape[0] == 2  # stacked replicate masks
 
 
-def _np_mlp_accuracy(effective, split) -> float:
-    """Accuracy of the 40-100-100-10 ``mlp`` on ``split``: float64 numpy forward."""
-    p = jax.tree.map(lambda a: np.asarray(a, np.float64), effective)
-    h = np.asarray(split.x, np.float64)
-    for layer in ("Dense_0", "Dense_1"):
-        h = np.maximum(h @ p[layer]["kernel"] + p[layer]["bias"], 0.0)
-    logits = h @ p["output"]["kernel"] + p["output"]["bias"]
-    return float(np.mean(logits.argmax(1) == split.y))
 
 
 def test_main_bernoulli(tmp_path):
@@ -521,9 +514,9 @@ def test_main_bernoulli(tmp_path):
                                                                     np.float64))),
                     "bias": v["bias"]} for k, v in weights.items()}
     one_example = 1e-3 + 1e-9
-    assert _np_mlp_accuracy(threshold, test) == pytest.approx(
+    assert mlp_accuracy(threshold, test) == pytest.approx(
         results["threshold_test_accuracy"], abs=one_example)
-    assert _np_mlp_accuracy(expected, test) == pytest.approx(
+    assert mlp_accuracy(expected, test) == pytest.approx(
         results["expected_test_accuracy"], abs=one_example)
     assert results["expected_test_accuracy"] == results["final_test_accuracy"]
     assert results["threshold_test_accuracy"] == results["exported_test_accuracy"]

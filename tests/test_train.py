@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _numpy_ref import mlp_accuracy
 
 from lotto_jax import data, masks, prune, scores, train
 from lotto_jax.cli import run as cli_run
@@ -350,15 +351,6 @@ def test_metrics_are_written_as_json_lines(tmp_path):
 # ------------------------------------------------------------------------- CLI
 
 
-def _np_mlp_accuracy(params, split) -> float:
-    """Test accuracy of lotto's ``mlp`` (Dense_0, Dense_1 + ReLU, output) by a
-    float64 numpy forward pass."""
-    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-    h = np.asarray(split.x, np.float64)
-    for layer in ("Dense_0", "Dense_1"):
-        h = np.maximum(h @ p[layer]["kernel"] + p[layer]["bias"], 0.0)
-    logits = h @ p["output"]["kernel"] + p["output"]["bias"]
-    return float(np.mean(logits.argmax(1) == split.y))
 
 
 # A near-tie of two logits may rank differently in float32 (XLA) and float64 (numpy):
@@ -385,7 +377,7 @@ def test_lotto_train_command_writes_outputs(tmp_path, capsys):
     assert "final_test_accuracy" in capsys.readouterr().out
     params = ocp.StandardCheckpointer().restore(str(out / "params"))
     test = data.load("mnist1d", seed=0).test
-    assert _np_mlp_accuracy(params, test) == pytest.approx(
+    assert mlp_accuracy(params, test) == pytest.approx(
         summary["final_test_accuracy"], abs=_ONE_EXAMPLE)
 
 
@@ -423,7 +415,7 @@ def test_lotto_train_under_a_saved_mask(tmp_path):
         changed = w[m["kernel"]] != np.asarray(theta0[layer]["kernel"])[m["kernel"]]
         assert changed.mean() > 0.9, (layer, changed.mean())
     test = data.load("mnist1d", seed=0).test
-    assert _np_mlp_accuracy(params, test) == pytest.approx(
+    assert mlp_accuracy(params, test) == pytest.approx(
         summary["final_test_accuracy"], abs=_ONE_EXAMPLE)
 
 
