@@ -48,6 +48,38 @@ def imp_table(run: str, metrics=("early_stop_test_accuracy", "final_test_accurac
         print("| " + " | ".join(row) + " |")
 
 
+def _best(run: str, r: int, control: str | None = None):
+    sub = os.path.join(run, "controls", control) if control else run
+    path = os.path.join(sub, f"round_{r:03d}", "metrics.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def grouping_table(directory: str, runs=("pooled", "per_leaf", "kernels_only")):
+    """The MNIST-1D lottery curve under each pruning grouping, side by side: best test
+    accuracy, mean ± std over replicates, ticket and random mask (and reinit)."""
+    runs = [r for r in runs if os.path.isdir(os.path.join(directory, r))]
+    head = ["round", "% weights"]
+    cols = []
+    for r in runs:
+        for c in (None, "random", "reinit"):
+            if c is None or os.path.isdir(os.path.join(directory, r, "controls", c)):
+                cols.append((r, c))
+                head.append(f"{r} {c or 'ticket'}")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    rnd = 0
+    while (d := _best(os.path.join(directory, runs[0]), rnd)) is not None:
+        row = [str(rnd), f"{100 * d['density']:.3g}"]
+        for run, c in cols:
+            m = _best(os.path.join(directory, run), rnd, c)
+            row.append(pct(m and m.get("best_test_accuracy")))
+        print("| " + " | ".join(row) + " |")
+        rnd += 1
+
+
 def sweep_table(directory: str, metric: str):
     runs = sweeps.find_runs(directory)
     header, rows = sweeps.table(runs, metric=metric)
@@ -60,7 +92,11 @@ def sweep_table(directory: str, metric: str):
 
 def main():
     base = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
-    for name in ("lenet300_imp", "mnist1d_lottery"):
+    path = os.path.join(base, "mnist1d_lottery")
+    if os.path.isdir(os.path.join(path, "pooled")):
+        print("\n### mnist1d_lottery (best test accuracy, mean ± std of 3 seeds)\n")
+        grouping_table(path)
+    for name in ("lenet300_imp",):
         path = os.path.join(base, name)
         if os.path.isdir(path):
             print(f"\n### {name}\n")

@@ -56,8 +56,9 @@ point; pass an abstract target from ``jax.eval_shape`` to get arrays of a given
 sharding::
 
   import orbax.checkpoint as ocp
-  mask = ocp.StandardCheckpointer().restore("runs/imp/round_003/mask")
-  theta_k = ocp.StandardCheckpointer().restore("runs/imp/rewind", jax.eval_shape(lambda: {"params": params, "model_state": {}}))
+  run = os.path.abspath("runs/imp")  # orbax wants absolute paths
+  mask = ocp.StandardCheckpointer().restore(f"{run}/round_003/mask")
+  theta_k = ocp.StandardCheckpointer().restore(f"{run}/rewind", jax.eval_shape(lambda: {"params": params, "model_state": {}}))
 
 Examples:
   >>> import tempfile, jax.numpy as jnp
