@@ -11,7 +11,6 @@ the resume and corruption cases need is made once and shared by the xdist worker
 from __future__ import annotations
 
 import fcntl
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -173,8 +172,6 @@ def test_malformed_npz(shared, tmp_path, kind):
     assert_one_line_error(r, path, expect)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,
-                    reason="tensorflow_datasets is not installed")
 def test_unprepared_tfds_dataset_fails_fast_offline(shared, tmp_path):
     empty = tmp_path / "tfds"
     empty.mkdir()
