@@ -161,56 +161,29 @@ def density_figure(
     return fig
 
 
-def metric_vs_density(
-    series: Mapping[str, Series],
-    path: str,
-    *,
-    xlabel: str = "Percent of weights remaining",
-    ylabel: str = "Test accuracy (%)",
-    title: str | None = None,
-    log_x: bool = True,
-    reverse_x: bool = True,
-    reference: tuple[str, float, float | None] | None = None,
-) -> str:
+def metric_vs_density(series: Mapping[str, Series], path: str, **kwargs: Any) -> str:
     """Writes :func:`density_figure` as a PNG at ``path`` (parent directories are
-    created) and returns ``path``; the other arguments are :func:`density_figure`'s.
+    created) and returns ``path``; ``kwargs`` are :func:`density_figure`'s (``xlabel``,
+    ``ylabel``, ``title``, ``log_x``, ``reverse_x``, ``reference``).
     """
-    return save(density_figure(series, xlabel=xlabel, ylabel=ylabel, title=title,
-                                log_x=log_x, reverse_x=reverse_x, reference=reference),
-                 path)
+    return save(density_figure(series, **kwargs), path)
 
 
-def accuracy_vs_density(
-    series: Mapping[str, Series],
-    path: str,
-    *,
-    xlabel: str = "Percent of weights remaining",
-    ylabel: str = "Test accuracy (%)",
-    title: str | None = None,
-    reference: tuple[str, float, float | None] | None = None,
-) -> str:
+def accuracy_vs_density(series: Mapping[str, Series], path: str, **kwargs: Any) -> str:
     """Test accuracy vs percent of weights remaining (trunk, controls, methods).
 
-    For supermask reports pass ``xlabel="Percent of weights kept"``. See
-    :func:`metric_vs_density` for the arguments.
+    For supermask reports pass ``xlabel="Percent of weights kept"``. ``kwargs`` as
+    :func:`density_figure` (default ``ylabel="Test accuracy (%)"``).
     """
-    return metric_vs_density(series, path, xlabel=xlabel, ylabel=ylabel, title=title,
-                             reference=reference)
+    return metric_vs_density(series, path, **{"ylabel": "Test accuracy (%)", **kwargs})
 
 
-def early_stop_vs_density(
-    series: Mapping[str, Series],
-    path: str,
-    *,
-    xlabel: str = "Percent of weights remaining",
-    ylabel: str = "Early-stop iteration",
-    title: str | None = None,
-) -> str:
+def early_stop_vs_density(series: Mapping[str, Series], path: str, **kwargs: Any) -> str:
     """Early-stop iteration (step of minimum validation loss) vs weights remaining.
 
-    See :func:`metric_vs_density` for the arguments.
+    ``kwargs`` as :func:`density_figure` (default ``ylabel="Early-stop iteration"``).
     """
-    return metric_vs_density(series, path, xlabel=xlabel, ylabel=ylabel, title=title)
+    return metric_vs_density(series, path, **{"ylabel": "Early-stop iteration", **kwargs})
 
 
 def curves(
