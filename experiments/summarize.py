@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from lotto_jax import sweeps
+from lotto_jax.runs import sweeps
 
 
 def pct(v, digits=1):

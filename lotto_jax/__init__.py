@@ -3,27 +3,25 @@
 Masks are pytrees shaped like the params; pure functions create, apply, score, prune
 and combine them, and train steps take the mask as an ordinary traced argument.
 
-The public modules are imported here: ``lotto_jax.masks``, ``lotto_jax.scores``,
-``lotto_jax.prune``, ``lotto_jax.sparse`` and the rest.
+Two layers. The algorithms (``lotto_jax.masks``, ``scores``, ``prune``, ``sparse``,
+``train``, ``imp``, ``pai``, ``supermask``, ``data``, ``models``, ``sharding``) are
+pure JAX: no files, no printing. The run layer ``lotto_jax.runs`` holds the store,
+the engine, one driver per ``lotto`` command, recipes, reports and the CLI; it
+imports the algorithms, never the other way round.
 """
 
 from lotto_jax import (
-    common,
     data,
     imp,
     masks,
     models,
     pai,
-    plots,
     prune,
-    recipes,
-    report,
+    runs,
     scores,
     sharding,
     sparse,
-    store,
     supermask,
-    sweeps,
     train,
 )
 from lotto_jax._types import Groups, KeyPath, Mask, Params, PRNGKey, Prunable, Scores
@@ -38,21 +36,16 @@ __all__ = [
     "Params",
     "Prunable",
     "Scores",
-    "common",
     "data",
     "imp",
     "masks",
     "models",
     "pai",
-    "plots",
     "prune",
-    "recipes",
-    "report",
+    "runs",
     "scores",
     "sharding",
     "sparse",
-    "store",
     "supermask",
-    "sweeps",
     "train",
 ]

@@ -19,7 +19,8 @@ import time
 import jax
 import numpy as np
 
-from lotto_jax import data, imp, models, train
+from lotto_jax import data, models, train
+from lotto_jax.runs import imp as imp_run
 
 STEPS, EVAL_EVERY = 30, 10
 FRACTION, OUTPUT_FRACTION = 0.2, 0.1
@@ -50,7 +51,7 @@ def setup(dataset: data.Dataset | None = None):
 def run(trainer, params0, dataset, init_fn, *, store, rounds=2, controls=("shuffle",),
         rewind="init", save_every=20, data_key=None, key=None, **kw):
     """The tiny IMP run; ``data_key`` and ``key`` default to key(1) and key(2)."""
-    return imp.run_imp(
+    return imp_run.run_imp(
         trainer, params0, {}, dataset, rounds=rounds, fraction=FRACTION,
         scope="layerwise", layer_fractions={"^output/": OUTPUT_FRACTION},
         rewind=rewind, controls=controls,
@@ -122,7 +123,7 @@ if __name__ == "__main__":
         sys.exit(0)
     directory, data_path = sys.argv[1], sys.argv[2]
     if "--pause-in" in sys.argv:
-        from lotto_jax.store import RunStore
+        from lotto_jax.runs.store import RunStore
 
         pause_prefix = sys.argv[sys.argv.index("--pause-in") + 1]
         save_step = RunStore.save_step

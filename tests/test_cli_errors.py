@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "lotto")
-LOTTO = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "lotto_jax.cli"]
+LOTTO = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "lotto_jax.runs.cli"]
 TINY = ["--model", "mlp", "--steps", "20", "--eval-every", "10", "--batch-size", "32"]
 
 
@@ -233,7 +233,7 @@ def test_debug_shows_the_traceback(shared, tmp_path, monkeypatch):
     assert "Traceback" in r.stderr and "method: expected one of" in r.stderr
     assert "lotto: error:" not in r.stderr
     # LOTTO_DEBUG=1 does the same (in this process: main re-raises)
-    from lotto_jax import cli
+    from lotto_jax.runs import cli
 
     monkeypatch.setenv("LOTTO_DEBUG", "1")
     with pytest.raises(Exception, match="method: expected one of"):
@@ -244,7 +244,7 @@ def test_debug_shows_the_traceback(shared, tmp_path, monkeypatch):
 
 def test_a_value_of_the_wrong_type_names_its_flag(capsys):
     """tyro's conversion failure (in this process: ``main`` is the entry point)."""
-    from lotto_jax import cli
+    from lotto_jax.runs import cli
 
     assert cli.main(["imp", "--fraction", "abc"]) == 2
     err = capsys.readouterr().err
@@ -255,7 +255,8 @@ def test_a_value_of_the_wrong_type_names_its_flag(capsys):
 def test_only_errors_the_package_raises_are_user_errors():
     """The rule of ``main``: a bug (wrong type, or a ValueError from outside the
     package) keeps its traceback; messages become one line."""
-    from lotto_jax import cli, sharding, store
+    from lotto_jax import sharding
+    from lotto_jax.runs import cli, store
 
     def caught(fn):
         try:
@@ -279,10 +280,10 @@ def test_only_errors_the_package_raises_are_user_errors():
 def test_help_is_plain_text(shared):
     """``lotto --help`` and every ``lotto COMMAND --help``: the docstrings' text
     without reST markup (one process: help rendering only)."""
-    from lotto_jax.cli import COMMANDS
+    from lotto_jax.runs.cli import COMMANDS
 
     code = (
-        "import sys\nfrom lotto_jax.cli import main\n"
+        "import sys\nfrom lotto_jax.runs.cli import main\n"
         "for argv in [['--help']] + [[c, '--help'] for c in sys.argv[1:]]:\n"
         "    print('=== ' + ' '.join(argv), flush=True)\n"
         "    try:\n        main(argv)\n    except SystemExit as e:\n"

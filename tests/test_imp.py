@@ -23,8 +23,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lotto_jax import common, data, imp, masks, prune, train
-from lotto_jax.store import ConfigMismatchError, CorruptCheckpointError, RunStore
+from lotto_jax import data, imp, masks, prune, train
+from lotto_jax.runs import common
+from lotto_jax.runs import imp as imp_run
+from lotto_jax.runs.store import ConfigMismatchError, CorruptCheckpointError, RunStore
 
 HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
 LAYERS = {"Dense_0/kernel": 40 * 32, "output/kernel": 32 * 10}
@@ -413,7 +415,7 @@ def test_one_compile_across_rounds_controls_and_resume(init_run, setup, tmp_path
 def test_changed_arguments_are_refused(init_run, setup):
     dataset, _, params0, trainer, _ = setup
     with pytest.raises(ConfigMismatchError, match=r"fraction: 0\.2 -> 0\.3"):
-        imp.run_imp(trainer, params0, {}, dataset, rounds=2, fraction=0.3,
+        imp_run.run_imp(trainer, params0, {}, dataset, rounds=2, fraction=0.3,
                     layer_fractions={"^output/": 0.1}, data_key=jax.random.key(1),
                     key=jax.random.key(2), store=init_run["dir"])
 
@@ -503,15 +505,15 @@ def test_parse_rewind_and_config_validation():
         with pytest.raises(ValueError, match="rewind"):
             imp.parse_rewind(bad, 30)
     with pytest.raises(ValueError, match="controls"):
-        imp.ImpConfig(controls=("reinit", "bogus"))
+        imp_run.ImpConfig(controls=("reinit", "bogus"))
     with pytest.raises(ValueError, match="save_every"):
-        imp.ImpConfig(save_every=0)
+        imp_run.ImpConfig(save_every=0)
     with pytest.raises(ValueError, match="save_interval"):
-        imp.ImpConfig(save_interval=-1.0)
+        imp_run.ImpConfig(save_interval=-1.0)
 
 
 # ----------------------------------------------------------------------------------
-# the driver's pruning options, end to end (imp.main on a 40-100-100-10 MLP)
+# the driver's pruning options, end to end (imp_run.main on a 40-100-100-10 MLP)
 
 MLP_LAYERS = {"Dense_0": (40, 100), "Dense_1": (100, 100), "output": (100, 10)}
 
@@ -558,7 +560,7 @@ def np_mlp_accuracy(params, mask, split):
     ids=["prune-biases", "output-fraction-none", "global"],
 )
 def test_main_pruning_options_match_numpy(tmp_path, options):
-    """``imp.main`` with ``prune_biases`` (kernel and bias of a layer ranked
+    """``imp_run.main`` with ``prune_biases`` (kernel and bias of a layer ranked
     together: ``groups="layer"``, the default; output at 0.1), ``output_fraction=None``
     (the output layer at 0.2 like the others) and ``scope="global"`` (one ranking of
     all kernels). Truths, on the θT and masks restored from the store with plain
@@ -569,8 +571,8 @@ def test_main_pruning_options_match_numpy(tmp_path, options):
     d = str(tmp_path / "run")
     run = common.RunConfig(
         model="mlp", train=train.TrainConfig(steps=10, batch_size=50, eval_every=10, lr=1e-2))
-    imp.main(imp.ImpConfig(run=run, rounds=2, out=d, **options))
-    config = imp.ImpConfig(**options)
+    imp_run.main(imp_run.ImpConfig(run=run, rounds=2, out=d, **options))
+    config = imp_run.ImpConfig(**options)
     names = ("bias", "kernel") if config.prune_biases else ("kernel",)  # tree order
     out_f = config.output_fraction if config.output_fraction is not None else 0.2
     if config.scope == "global":

@@ -18,7 +18,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lotto_jax import common, data, masks, models, pai, prune, scores, train
+from lotto_jax import data, masks, models, pai, prune, scores, train
+from lotto_jax.runs import common
+from lotto_jax.runs import pai as pai_run
 
 # Arrays come from numpy: eager JAX ops compile on first use (slow on a loaded box).
 
@@ -176,7 +178,7 @@ def test_shuffle_keeps_layer_counts_and_moves_weights():
 
 
 def test_reinit_is_models_init_with_the_drivers_key():
-    """pai.main draws the reinit control with ``fold_in(key(seed), 3)``: bit-equal to
+    """pai_run.main draws the reinit control with ``fold_in(key(seed), 3)``: bit-equal to
     ``models.init`` under that key; another key gives other weights."""
     module = models.build("mnist1d_mlp", hidden=8)
     key = jax.random.fold_in(jax.random.key(0), 3)
@@ -264,9 +266,9 @@ def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match=r"Dense_0.*kernel"):
         pai.prune_at_init("magnitude", params=params, mask=bad, density=0.5)
     with pytest.raises(ValueError, match=r"^controls:"):
-        pai.PaiConfig(controls=("shuffle", "random_reinit"))
+        pai_run.PaiConfig(controls=("shuffle", "random_reinit"))
     with pytest.raises(ValueError, match=r"^density:"):
-        pai.PaiConfig(density=2.0)
+        pai_run.PaiConfig(density=2.0)
 
 
 def test_schedule_densities():
@@ -282,7 +284,7 @@ def test_schedule_densities():
 
 class FitSpy:
     """Wraps ``train.fit`` and keeps, as numpy, the params each network started from
-    and ended with (``pai.main`` trains every variant in one stacked fit, one row
+    and ended with (``pai_run.main`` trains every variant in one stacked fit, one row
     per variant, or a single network unstacked)."""
 
     def __init__(self, real):
@@ -330,7 +332,7 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
     spy = FitSpy(train.fit)
     monkeypatch.setattr(train, "fit", spy)
     out = str(tmp_path / "run")
-    config = pai.PaiConfig(
+    config = pai_run.PaiConfig(
         run=common.RunConfig(
             model="mnist1d_mlp", validation=500,
             train=train.TrainConfig(steps=20, batch_size=100, eval_every=10, lr=2e-2),
@@ -338,7 +340,7 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
         method="snip", density=0.05, controls=("shuffle", "reinit", "invert"),
         sample_per_class=5, out=out,
     )
-    result = pai.main(config)
+    result = pai_run.main(config)
     assert len(calls) == 1  # one prepare: one trainer for the method and its controls
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
@@ -427,7 +429,7 @@ def test_main_methods_exact_counts_and_reported_accuracy(tmp_path, monkeypatch, 
     run = common.RunConfig(
         model="mlp", train=train.TrainConfig(steps=2, batch_size=50, eval_every=2, lr=1e-2))
     kw = {} if method is None else {"method": method}
-    result = pai.main(pai.PaiConfig(run=run, density=density, out=out, **kw, **extra))
+    result = pai_run.main(pai_run.PaiConfig(run=run, density=density, out=out, **kw, **extra))
     assert result["method"] == (method or "synflow")
     n = sum(MLP_N.values())
     rounds = extra.get("pai_rounds", 1)
@@ -474,7 +476,7 @@ def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsy
     rounding); replicate 1 is SNIP on its own θ0 (seed + 1) and its own sample
     (data seed + 1); results are per-replicate lists, shown as mean ± std."""
     def config(out, replicates):
-        return pai.PaiConfig(
+        return pai_run.PaiConfig(
             run=common.RunConfig(
                 model="mnist1d_mlp", validation=500, replicates=replicates,
                 train=train.TrainConfig(steps=10, batch_size=100, eval_every=10, lr=2e-2),
@@ -484,8 +486,8 @@ def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsy
         )
 
     one_dir, two_dir = str(tmp_path / "one"), str(tmp_path / "two")
-    one = pai.main(config(one_dir, 1))
-    two = pai.main(config(two_dir, 2))
+    one = pai_run.main(config(one_dir, 1))
+    two = pai_run.main(config(two_dir, 2))
     assert "± " in capsys.readouterr().out  # the table shows mean ± std
     assert (one["replicates"], two["replicates"]) == (1, 2)
     ckpt = ocp.StandardCheckpointer()

@@ -11,7 +11,7 @@ import sys
 import pytest
 import tyro
 
-from lotto_jax import cli, recipes
+from lotto_jax.runs import cli, recipes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,7 +72,7 @@ def test_unknown_or_misplaced_recipe_is_a_named_error():
 
 
 def test_recipe_errors_and_listing_through_the_entry_point():
-    run = lambda *a: subprocess.run([sys.executable, "-m", "lotto_jax.cli", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "lotto_jax.runs.cli", *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
     bad = run("pai", "--recipe", "mnist1d-lottery")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -21,9 +21,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lotto_jax import _imp_runner as runner
 from lotto_jax import data, imp, train
-from lotto_jax.store import RunStore
+from lotto_jax.runs import writer as runner
+from lotto_jax.runs import imp as imp_run
+from lotto_jax.runs.store import RunStore
 
 HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
 S = 2
@@ -165,11 +166,11 @@ def test_replicate_zero_is_the_single_run_and_each_prunes_its_own(dataset, tmp_p
     # timing: in the result per round, in every metrics.json with timing=True
     assert [t["round"] for t in rep.timing] == [0, 1, 2]
     for t in rep.timing:
-        parts = sum(t[k] for k in imp.TIMING_KEYS)
-        assert all(t[k] >= 0 for k in imp.TIMING_KEYS) and parts <= t["total_s"] * 1.01
+        parts = sum(t[k] for k in imp_run.TIMING_KEYS)
+        assert all(t[k] >= 0 for k in imp_run.TIMING_KEYS) and parts <= t["total_s"] * 1.01
         assert t["train_s"] > 0 and t["eval_s"] > 0
     assert rep.timing[1]["prune_s"] > 0
-    assert set(rep.rounds[1].metrics["timing"]) == set(imp.TIMING_KEYS)
+    assert set(rep.rounds[1].metrics["timing"]) == set(imp_run.TIMING_KEYS)
     assert rep.controls["random"][0].metrics["timing"]["stack"] == list(imp.CONTROLS)
     # a crash inside the stacked, replicated controls of round 2, then a resume
     check_crash_and_resume(trainer, dataset, init_fn, p_rep, d, tmp_path,

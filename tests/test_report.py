@@ -1,4 +1,4 @@
-"""Tests for lotto_jax.report and lotto_jax.plots, on a tiny run made by imp.main.
+"""Tests for lotto_jax.runs.report and lotto_jax.runs.plots, on a tiny run made by imp_run.main.
 
 The run: the MNIST-1D MLP (40-500-500-10), 20 steps per round, 2 rounds at 20 %
 per layer and 10 % for the output layer, with the random control. The densities in
@@ -11,9 +11,11 @@ import shutil
 
 import pytest
 
-from lotto_jax import common, imp, plots, report, train
-from lotto_jax.cli import run as cli_run
-from lotto_jax.store import ConfigMismatchError
+from lotto_jax import train
+from lotto_jax.runs import common, plots, report
+from lotto_jax.runs import imp as imp_run
+from lotto_jax.runs.cli import run as cli_run
+from lotto_jax.runs.store import ConfigMismatchError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 # MNIST1DMLP kernels: 40x500, 500x500, 500x10 (biases are not pruned)
@@ -21,7 +23,7 @@ KERNELS = {"Dense_0/kernel": 40 * 500, "Dense_1/kernel": 500 * 500, "output/kern
 
 
 def config(out, **train_kw):
-    return imp.ImpConfig(
+    return imp_run.ImpConfig(
         run=common.RunConfig(
             model="mnist1d_mlp", dataset="mnist1d", validation=1000,
             train=train.TrainConfig(steps=20, eval_every=10, batch_size=50,
@@ -35,7 +37,7 @@ def config(out, **train_kw):
 def finished(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("report") / "imp")
     cfg = config(out)
-    return cfg, imp.main(cfg)
+    return cfg, imp_run.main(cfg)
 
 
 def hand_densities(rounds):
@@ -88,7 +90,7 @@ def test_config_json_and_refusal(finished):
         assert json.load(f) == common.config_to_dict(cfg)
     changed = config(cfg.out, momentum=0.5)
     with pytest.raises(ConfigMismatchError, match=r"run\.train\.momentum: 0\.9 -> 0\.5"):
-        imp.main(changed)
+        imp_run.main(changed)
     # the CLI reaches the same drivers; the report command takes the directory
     with pytest.raises(ConfigMismatchError, match=r"fraction: 0\.2 -> 0\.3"):
         cli_run(["imp", "--out", cfg.out, "--fraction", "0.3", "--steps", "20",
@@ -201,7 +203,7 @@ def test_real_replicated_run_mean_std_and_bands(tmp_path):
     base = config(str(tmp_path / "rep"))
     cfg = dataclasses.replace(base, rounds=1,
                               run=dataclasses.replace(base.run, replicates=2))
-    result = imp.main(cfg)
+    result = imp_run.main(cfg)
     with open(os.path.join(cfg.out, "round_001", "metrics.json")) as f:
         stored = json.load(f)
     assert len(stored["final_test_accuracy"]) == 2

@@ -26,15 +26,15 @@ import orbax.checkpoint as ocp
 import pytest
 from test_cli_errors import TINY, _env, _locked, assert_one_line_error, lotto, shared
 
-from lotto_jax import cli
-from lotto_jax.store import RunLockedError, RunStore
+from lotto_jax.runs import cli
+from lotto_jax.runs.store import RunLockedError, RunStore
 
 __all__ = ["shared"]  # the fixture, imported
 
 CRASH = """
 import os, sys
-from lotto_jax import cli
-from lotto_jax.store import RunStore
+from lotto_jax.runs import cli
+from lotto_jax.runs.store import RunStore
 save_step = RunStore.save_step
 def crash(self, prefix, step, tree, **kw):  # dies right after round 1's checkpoint
     save_step(self, prefix, step, tree, **kw)
@@ -213,7 +213,7 @@ def test_corrupt_final_of_a_finished_round_is_recomputed(shared, reference, tmp_
 
 def test_repair_plan_of_a_corrupt_control_and_mask():
     """Which units go for which corrupt item (no training: the plan alone)."""
-    from lotto_jax.repair import Problem, plan
+    from lotto_jax.runs.repair import Problem, plan
 
     layout = ["round_000", "round_001", "round_002", "controls/random/round_001",
               "controls/random/round_002", "controls/reinit/round_002"]
@@ -307,7 +307,7 @@ def test_a_command_module_that_fails_to_import_is_loud(tmp_path, monkeypatch):
             cli.main(argv)
         assert isinstance(e.value.__cause__, ImportError)
     assert cli._user_error(e.value) is None  # a bug: its traceback is shown
-    monkeypatch.setitem(cli.COMMANDS, "broken", ("lotto_jax.cli", "NoSuchConfig", "main"))
+    monkeypatch.setitem(cli.COMMANDS, "broken", ("lotto_jax.runs.cli", "NoSuchConfig", "main"))
     with pytest.raises(cli.CommandImportError, match="NoSuchConfig"):
         cli.main(["broken"])
 

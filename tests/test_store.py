@@ -1,4 +1,4 @@
-"""Tests for lotto_jax.store: round trips, plain-orbax compatibility, the config
+"""Tests for lotto_jax.runs.store: round trips, plain-orbax compatibility, the config
 check, the commit protocol and corruption detection.
 
 Corruptions are made by hand on the files orbax wrote (garbage bytes of the same size,
@@ -16,7 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from lotto_jax.store import (
+from lotto_jax.runs.store import (
     ConfigMismatchError,
     CorruptCheckpointError,
     RunStore,

@@ -20,9 +20,9 @@ import pytest
 from _numpy_ref import mlp_accuracy
 
 from lotto_jax import data, masks, models, prune, scores, supermask, train
-from lotto_jax.common import RunConfig
+from lotto_jax.runs import supermask as supermask_run
+from lotto_jax.runs.common import RunConfig
 from lotto_jax.supermask import (
-    SupermaskConfig,
     bernoulli,
     edge_popup,
     export_mask,
@@ -402,19 +402,19 @@ def test_bad_inputs_name_the_argument():
         with pytest.raises(ValueError, match="keep"):
             edge_popup(_linear, keep=keep)
         with pytest.raises(ValueError, match="keep"):
-            SupermaskConfig(keep=keep)
+            supermask_run.SupermaskConfig(keep=keep)
     with pytest.raises(ValueError, match="method"):
-        SupermaskConfig(method="prune-everything")
+        supermask_run.SupermaskConfig(method="prune-everything")
     with pytest.raises(ValueError, match="method"):
         supermask.Supermask("nope", _linear)
     with pytest.raises(ValueError, match="weight_init"):
-        SupermaskConfig(weight_init="xavier")
+        supermask_run.SupermaskConfig(weight_init="xavier")
     with pytest.raises(ValueError, match="method"):
         init_weights(w, key=jax.random.key(0), method="xavier")
     with pytest.raises(ValueError, match="score_init"):
-        SupermaskConfig(score_init="zeros")
+        supermask_run.SupermaskConfig(score_init="zeros")
     with pytest.raises(ValueError, match="sign_mask"):
-        SupermaskConfig(method="sign", sign_mask="magnitude")
+        supermask_run.SupermaskConfig(method="sign", sign_mask="magnitude")
     with pytest.raises(ValueError, match=r"layer_keep\['w'\]: expected a fraction kept"):
         topk_mask(w, 0.5, layer_keep={"w": 2.0})
     with pytest.raises(ValueError, match="layer_keep: pattern 'nothing'"):
@@ -445,12 +445,12 @@ def _config(tmp_path, method, **kw):
         model="mlp",
         train=supermask.default_train_config(method, steps=20, eval_every=10),
     )
-    return SupermaskConfig(run=run, method=method, out=str(tmp_path / method), **kw)
+    return supermask_run.SupermaskConfig(run=run, method=method, out=str(tmp_path / method), **kw)
 
 
 def test_main_edge_popup_writes_results(tmp_path, capsys):
     config = _config(tmp_path, "edge-popup", keep=0.3)
-    results = supermask.main(config)
+    results = supermask_run.main(config)
     out = tmp_path / "edge-popup"
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
@@ -477,12 +477,12 @@ def test_main_replicates_equal_single_runs(tmp_path):
     """--replicates 2: replicate 1 is the single run with seed 1 and data seed 1."""
     both = _config(tmp_path, "edge-popup", keep=0.3)
     both = dataclasses.replace(both, run=dataclasses.replace(both.run, replicates=2))
-    rep = supermask.main(both)
+    rep = supermask_run.main(both)
     single = _config(tmp_path / "s", "edge-popup", keep=0.3)
     single = dataclasses.replace(
         single, run=dataclasses.replace(single.run, seed=1, data_seed=1)
     )
-    one = supermask.main(single)
+    one = supermask_run.main(single)
     assert rep["replicates"] == 2 and len(rep["final_test_accuracy"]) == 2
     assert rep["final_test_accuracy"][1] == pytest.approx(one["final_test_accuracy"], abs=1e-6)
     mask = ocp.StandardCheckpointer().restore(str(tmp_path / "edge-popup" / "mask"))
@@ -497,7 +497,7 @@ def test_main_bernoulli(tmp_path):
     the reported threshold accuracy re-computed by a numpy forward pass on weights ⊙
     mask, the reported expected (final) accuracy on weights ⊙ sigmoid(scores).
     Tolerance: one test example in 1000 (a float32/float64 near-tie of two logits)."""
-    results = supermask.main(_config(tmp_path, "bernoulli", eval_samples=2))
+    results = supermask_run.main(_config(tmp_path, "bernoulli", eval_samples=2))
     out = tmp_path / "bernoulli"
     ckptr = ocp.StandardCheckpointer()
     mask, found, weights = (ckptr.restore(str(out / k)) for k in ("mask", "scores", "weights"))
@@ -534,13 +534,13 @@ def test_main_sign_on_pretrained_weights(tmp_path):
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path, {"params": params, "step": jnp.asarray(5)})
     ckptr.wait_until_finished()
-    loaded = supermask.load_params(path, params)
+    loaded = supermask_run.load_params(path, params)
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(params), strict=True):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="pretrained"):
-        supermask.load_params(path, {"Dense_0": params["Dense_0"]})
+        supermask_run.load_params(path, {"Dense_0": params["Dense_0"]})
     config = _config(tmp_path, "sign", pretrained=path, sign_mask="magnitude")
-    results = supermask.main(config)
+    results = supermask_run.main(config)
     assert results["score_init"] == "magnitude" and results["weight_init"] is None
     # Magnitude scores start the sign search at the pretrained network itself.
     test = data.load("mnist1d", seed=0, validation=0).test

@@ -1,10 +1,10 @@
-"""lotto_jax.sweeps: tables and figures over directories of PaI / supermask runs."""
+"""lotto_jax.runs.sweeps: tables and figures over directories of PaI / supermask runs."""
 
 import json
 
 import pytest
 
-from lotto_jax import sweeps
+from lotto_jax.runs import sweeps
 
 
 def _write(path, results):
@@ -64,7 +64,7 @@ def test_empty_or_missing_directory_is_reported(tmp_path):
 
 
 def test_lotto_report_dispatches_sweeps(tmp_path, capsys):
-    from lotto_jax.cli import run
+    from lotto_jax.runs.cli import run
 
     _write(tmp_path / "snip_a", _pai("snip", 0.1, 0.9))
     runs, (header, rows), paths = run(["report", str(tmp_path)])

@@ -1,4 +1,4 @@
-"""Tests of lotto_jax.train, lotto_jax.common and the `lotto train` command."""
+"""Tests of lotto_jax.train, lotto_jax.runs.common and the `lotto train` command."""
 
 import dataclasses
 import json
@@ -13,7 +13,7 @@ import pytest
 from _numpy_ref import mlp_accuracy
 
 from lotto_jax import data, masks, prune, scores, train
-from lotto_jax.cli import run as cli_run
+from lotto_jax.runs.cli import run as cli_run
 
 
 def _toy_dataset(n_train=256, n_test=64, dim=8, classes=3, seed=0, validation=True):
@@ -441,7 +441,7 @@ def test_lotto_help_lists_commands(capsys):
 
 
 def test_common_prepare_refuses_images_for_conv_on_1d_data():
-    from lotto_jax.common import RunConfig, prepare
+    from lotto_jax.runs.common import RunConfig, prepare
 
     with pytest.raises(ValueError, match="cannot take dataset 'mnist1d'"):
         prepare(dataclasses.replace(RunConfig(), model="conv2"))

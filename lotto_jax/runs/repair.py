@@ -1,6 +1,6 @@
 """Verifying a run directory and repairing it: ``lotto imp --repair``.
 
-A corrupt or partial checkpoint item is detected (:class:`~lotto_jax.store.
+A corrupt or partial checkpoint item is detected (:class:`~lotto_jax.runs.store.
 CorruptCheckpointError` names the file) but a run cannot go on past it.
 :func:`repair` makes it go on: it verifies every item of the store, discards exactly
 the units that depend on a corrupt one, and leaves the rest; the next run recomputes
@@ -8,7 +8,7 @@ what was discarded from the last good state, and ends where an uninterrupted run
 would (bit for bit on CPU: every unit is a deterministic function of the config).
 
 What is checked (:func:`scan`): every item with a manifest (``X.manifest.json``,
-:meth:`~lotto_jax.store.RunStore.verify`), every finished unit (its
+:meth:`~lotto_jax.runs.store.RunStore.verify`), every finished unit (its
 ``metrics.json`` marker) for valid JSON and for the items it must have (``mask``,
 ``final``, and ``init`` for a ``reinit`` control), ``driver.json``, and the rewind
 point of a ``step:K`` run whose round 0 finished.
@@ -29,7 +29,7 @@ What is discarded for a corrupt item (:func:`plan`):
 
 A discarded unit loses its ``metrics.json`` first, then its directory, latest
 rounds first: a repair killed half-way leaves a store the next ``--repair`` finishes.
-Repair runs under the store's lock (:meth:`~lotto_jax.store.RunStore.open`).
+Repair runs under the store's lock (:meth:`~lotto_jax.runs.store.RunStore.open`).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import shutil
 from collections.abc import Callable
 from typing import NamedTuple
 
-from lotto_jax.store import CorruptCheckpointError, RunStore
+from lotto_jax.runs.store import CorruptCheckpointError, RunStore
 
 __all__ = ["Discard", "Problem", "plan", "repair", "scan", "stored_items"]
 

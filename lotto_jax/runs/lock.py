@@ -1,6 +1,6 @@
 """One writer per run directory: the lock file ``RUN/.lock``.
 
-:meth:`lotto_jax.store.RunStore.open` takes the lock and :meth:`RunStore.close`
+:meth:`lotto_jax.runs.store.RunStore.open` takes the lock and :meth:`RunStore.close`
 releases it; this module holds the mechanics. The lock is a small JSON file
 ``{"pid", "host", "started", "token", "proc_start"}`` that comes into existence
 complete and atomically: it is written to a private temp file, then hard-linked to
@@ -26,7 +26,7 @@ released (``atexit``); a killed process leaves its lock, which the next run take
 over.
 
 Private: the public names are :class:`RunLockedError` (re-exported by
-:mod:`lotto_jax.store`) and ``RunStore.open`` / ``close``.
+:mod:`lotto_jax.runs.store`) and ``RunStore.open`` / ``close``.
 """
 
 from __future__ import annotations

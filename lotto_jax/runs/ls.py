@@ -11,7 +11,7 @@ nest). Per run:
 * **status**: ``done``, ``partial`` or ``corrupt``. IMP: ``done`` when rounds
   ``0..rounds`` and every configured control of rounds ``1..rounds`` have their
   ``metrics.json``; ``corrupt`` when an item fails verification against its manifest
-  or a finished unit lacks an item (:func:`lotto_jax.repair.scan`; ``lotto imp
+  or a finished unit lacks an item (:func:`lotto_jax.runs.repair.scan`; ``lotto imp
   --repair`` fixes it); a copy holding no checkpoint at all (records only, like
   the committed ``experiments/results``) is judged by its records. Others: ``done`` when their result file (``results.json``,
   ``result.json`` for train) exists, ``corrupt`` when it or the config is not valid
@@ -140,7 +140,7 @@ def _last_step(path: str) -> int | None:
 
 
 def _lock_note(path: str) -> str:
-    from lotto_jax import _runlock
+    from lotto_jax.runs import lock as _runlock
 
     found = _runlock.status(path)
     if found is None:
@@ -152,8 +152,8 @@ def _lock_note(path: str) -> str:
 
 
 def _imp(path: str, config: dict[str, Any], verify: bool) -> RunInfo:
-    from lotto_jax.repair import scan, stored_items
-    from lotto_jax.store import RunStore
+    from lotto_jax.runs.repair import scan, stored_items
+    from lotto_jax.runs.store import RunStore
 
     rounds = int(config.get("rounds") or 0)
     controls = list(config.get("controls") or [])

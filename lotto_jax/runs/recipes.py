@@ -47,7 +47,7 @@ def _train(**kw):
 
 
 def _run(model: str, dataset: str, validation: float = 0, replicates: int = 1, **train):
-    from lotto_jax.common import RunConfig
+    from lotto_jax.runs.common import RunConfig
 
     return RunConfig(model=model, dataset=dataset, validation=validation,
                      replicates=replicates, train=_train(**train))
@@ -65,7 +65,7 @@ _EDGE_POPUP = dict(steps=3000, batch_size=128, optimizer="sgd", lr=0.1, momentum
 
 
 def _mnist1d_lottery():
-    from lotto_jax.imp import ImpConfig
+    from lotto_jax.runs.imp import ImpConfig
 
     return ImpConfig(
         run=_run("mnist1d_mlp", "mnist1d", replicates=3, **_MNIST1D),
@@ -76,7 +76,7 @@ def _mnist1d_lottery():
 
 
 def _lth_lenet300():
-    from lotto_jax.imp import ImpConfig
+    from lotto_jax.runs.imp import ImpConfig
 
     return ImpConfig(
         run=_run("lenet300", "tfds:mnist", 5000, steps=20000, eval_every=250, **_LENET),
@@ -86,7 +86,7 @@ def _lth_lenet300():
 
 
 def _lenet300_dense():
-    from lotto_jax.cli import TrainCommand
+    from lotto_jax.runs.train import TrainCommand
 
     return TrainCommand(
         run=_run("lenet300", "tfds:mnist", 5000, steps=50000, eval_every=500, **_LENET),
@@ -95,14 +95,14 @@ def _lenet300_dense():
 
 
 def _pai(model, dataset, validation, controls, **train):
-    from lotto_jax.pai import PaiConfig
+    from lotto_jax.runs.pai import PaiConfig
 
     return PaiConfig(run=_run(model, dataset, validation, **train), method="synflow",
                      density=0.01, scope="global", controls=controls, out="runs/pai")
 
 
 def _edge_popup(model, dataset, validation):
-    from lotto_jax.supermask import SupermaskConfig
+    from lotto_jax.runs.supermask import SupermaskConfig
 
     return SupermaskConfig(run=_run(model, dataset, validation, **_EDGE_POPUP),
                            method="edge-popup", keep=0.5,

@@ -1,10 +1,10 @@
 """``lotto report``: the table and figures of a finished (or running) IMP run.
 
-:func:`load_run` reads a run directory (:mod:`lotto_jax.store` layout): the config and
+:func:`load_run` reads a run directory (:mod:`lotto_jax.runs.store` layout): the config and
 the ``metrics.json`` of every finished round and control round. :func:`table` turns it
 into rows (round, % weights remaining, final test accuracy, early-stop iteration, test
 accuracy there, best test accuracy, and final/best accuracy of each control);
-:func:`figures` writes the PNGs of :mod:`lotto_jax.plots`. Metrics that carry a
+:func:`figures` writes the PNGs of :mod:`lotto_jax.runs.plots`. Metrics that carry a
 replicate axis (lists, from ``lotto imp --replicates S``) are shown as mean ± std
 (population std over the replicates) and drawn with a ±std band.
 """
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tyro
 
-from lotto_jax import plots
+from lotto_jax.runs import plots
 
 __all__ = [
     "Report",
@@ -44,7 +44,7 @@ class ReportConfig:
 
     ``DIR`` is an IMP run directory, or a directory of ``lotto pai`` /
     ``lotto supermask`` runs (a sweep: one table and accuracy-vs-density figures
-    over all of them, see :mod:`lotto_jax.sweeps`).
+    over all of them, see :mod:`lotto_jax.runs.sweeps`).
 
     Attributes:
       dir: the run directory (positional on the command line).
@@ -289,10 +289,10 @@ def figures(run: RunData, directory: str) -> list[str]:
 def main(config: ReportConfig) -> Report | Any:
     """Prints the table of ``config.dir`` and writes its figures.
 
-    A directory of PaI or supermask runs goes to :func:`lotto_jax.sweeps.main`
+    A directory of PaI or supermask runs goes to :func:`lotto_jax.runs.sweeps.main`
     (its return value is returned).
     """
-    from lotto_jax import sweeps
+    from lotto_jax.runs import sweeps
 
     if sweeps.is_sweep(config.dir):
         return sweeps.main(config.dir, figures_dir=config.figures)

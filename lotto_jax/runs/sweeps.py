@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from lotto_jax import plots
+from lotto_jax.runs import plots
 
 __all__ = ["SweepRun", "figures", "find_runs", "is_sweep", "main", "table"]
 

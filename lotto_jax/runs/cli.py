@@ -28,121 +28,20 @@ from typing import Any
 import numpy as np
 import tyro
 
-from lotto_jax.common import RunConfig, write_config
+from lotto_jax.runs.common import RunConfig, write_config
 
 __all__ = ["COMMANDS", "CommandImportError", "TrainCommand", "main", "run", "train_main"]
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainCommand:
-    """Train one network, dense or under a saved mask, and print a summary.
-
-    Attributes:
-      run: model, data, seeds and training hyperparameters.
-      mask: an orbax checkpoint directory holding a mask pytree for the model's
-        params (e.g. a round of ``lotto imp``); dense when not given.
-      out: output directory: ``config.json``, ``metrics.jsonl``, ``result.json``
-        and the trained params (orbax) under ``params/``.
-      recipe: a named preset of the papers' settings (``lotto recipes``): its
-        values are the defaults of every other flag, which override them.
-    """
-
-    run: RunConfig = dataclasses.field(default_factory=RunConfig)
-    mask: str | None = None
-    out: str = "runs/train"
-    recipe: str | None = None
-
-
-def train_main(config: TrainCommand) -> Any:
-    """Runs ``lotto train``: returns the :class:`lotto_jax.train.FitResult`."""
-    import orbax.checkpoint as ocp
-
-    from lotto_jax import common, masks, sharding
-    from lotto_jax.train import fit
-
-    if config.mask:  # before the slow part: building the model and the data
-        path = os.path.abspath(config.mask)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"mask: no checkpoint directory at {path}")
-    prep = common.prepare(config.run)
-    params = prep.params
-    model_state = prep.model_state
-    if config.mask:
-        mask = ocp.StandardCheckpointer().restore(path)
-        masks.validate(params, mask, name="mask")
-        params = masks.apply(params, mask)
-    else:
-        mask = masks.init(params)
-    out = os.path.abspath(config.out)
-    write_config(config, out)
-    metrics = os.path.join(out, "metrics.jsonl")
-    if os.path.exists(metrics):
-        os.remove(metrics)
-    if prep.mesh is not None:  # data parallel; masks follow their params' sharding
-        shardings = sharding.param_shardings(params, prep.mesh)
-        params, mask = sharding.place(params, shardings), sharding.place(mask, shardings)
-    state = prep.trainer.init(params, model_state)
-    density = masks.density(mask)
-    data_key, replicates = prep.data_key, config.run.replicates > 1
-    if replicates:  # replicate i: init seed + i, data seed + i, one vmapped step
-        n = config.run.replicates
-        states = []
-        for i in range(n):
-            v = common.init_variables(prep.module, prep.dataset.input_shape, config.run.seed + i)
-            ms = {k: x for k, x in v.items() if k != "params"}
-            states.append(prep.trainer.init(masks.apply(v["params"], mask), ms))
-        state, mask = common.stack(states), common.stack([mask] * n)
-        data_key = common.replicate_data_keys(config.run.data_seed, n)
-    state, result = fit(
-        prep.trainer, state, mask, prep.dataset, data_key=data_key,
-        replicates=replicates, metrics_path=metrics, description=config.run.model,
-    )
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(out, "params"), state.params, force=True)
-    ckpt.wait_until_finished()
-    summary = {
-        "model": config.run.model,
-        "dataset": config.run.dataset,
-        "steps": config.run.train.steps,
-        "replicates": config.run.replicates,
-        "density": density,
-        "final_test_accuracy": result.final_test_accuracy,
-        "best_test_accuracy": result.best_test_accuracy,
-        "early_stop_step": result.early_stop_step,
-        "early_stop_test_accuracy": result.early_stop_test_accuracy,
-    }
-    with open(os.path.join(out, "result.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=lambda a: np.asarray(a).tolist())
-    _print_table(f"lotto train: {config.run.model} on {config.run.dataset}", summary)
-    return result
-
-
-def _print_table(title: str, rows: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in rows.items():
-        if isinstance(value, np.ndarray | list) and "accuracy" in key:
-            arr = 100 * np.asarray(value, float)
-            value = f"{arr.mean():.2f} ± {arr.std():.2f}%"
-        elif isinstance(value, float):
-            value = f"{100 * value:.2f}%" if "accuracy" in key or key == "density" else f"{value:.4g}"
-        table.add_row(key, str(value))
-    Console().print(table)
-
-
 # name -> (module, config class, main function); modules are imported on use.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("lotto_jax.cli", "TrainCommand", "train_main"),
-    "imp": ("lotto_jax.imp", "ImpConfig", "main"),
-    "pai": ("lotto_jax.pai", "PaiConfig", "main"),
-    "supermask": ("lotto_jax.supermask", "SupermaskConfig", "main"),
-    "report": ("lotto_jax.report", "ReportConfig", "main"),
-    "recipes": ("lotto_jax.recipes", "RecipesConfig", "main"),
-    "ls": ("lotto_jax.runs_ls", "LsConfig", "main"),
+    "train": ("lotto_jax.runs.train", "TrainCommand", "main"),
+    "imp": ("lotto_jax.runs.imp", "ImpConfig", "main"),
+    "pai": ("lotto_jax.runs.pai", "PaiConfig", "main"),
+    "supermask": ("lotto_jax.runs.supermask", "SupermaskConfig", "main"),
+    "report": ("lotto_jax.runs.report", "ReportConfig", "main"),
+    "recipes": ("lotto_jax.runs.recipes", "RecipesConfig", "main"),
+    "ls": ("lotto_jax.runs.ls", "LsConfig", "main"),
 }
 
 
@@ -220,14 +119,14 @@ def _user_error(e: BaseException) -> str | None:
 
     The rule: a user error is an exception the package raises on purpose, i.e. a
     ``ValueError`` (``ConfigMismatchError`` included), ``LookupError``, ``OSError``
-    or :class:`~lotto_jax.store.CorruptCheckpointError` whose innermost frame is a
+    or :class:`~lotto_jax.runs.store.CorruptCheckpointError` whose innermost frame is a
     ``raise`` statement in ``lotto_jax`` (re-raised ones keep their origin), a
     config's refusal of its values, or an ``OSError`` about a named path (missing,
     unreadable or unwritable: the environment, not the code). The same types
     raised elsewhere, say a ``ValueError`` from deep in JAX, are bugs and keep
     their traceback.
     """
-    from lotto_jax.store import CorruptCheckpointError
+    from lotto_jax.runs.store import CorruptCheckpointError
 
     if isinstance(e, _ConfigError):
         pass
@@ -407,7 +306,7 @@ def run(argv: list[str] | None = None) -> Any:
     default = None
     recipe = _recipe_name(rest)
     if recipe is not None:  # the recipe's values become the defaults of every flag
-        from lotto_jax import recipes
+        from lotto_jax.runs import recipes
 
         default = recipes.build(recipe, name)
     config = tyro.cli(

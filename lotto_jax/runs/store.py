@@ -48,7 +48,7 @@ second process opening the directory gets :class:`RunLockedError` naming the
 holder's PID and host; a lock whose process has died on this host is taken over
 (with a note on stderr); a lock from another host is refused, since its process
 cannot be checked (delete the file if it is stale). Readers (``lotto report``,
-``lotto ls``) take no lock. :mod:`lotto_jax.repair` discards the corrupt units of
+``lotto ls``) take no lock. :mod:`lotto_jax.runs.repair` discards the corrupt units of
 a run so that the next run recomputes them.
 
 Restoring with plain orbax (no lotto_jax needed), e.g. round 3's ticket and the rewind
@@ -69,7 +69,7 @@ Examples:
   >>> RunStore.open(store.directory, {"lr": 0.2})
   Traceback (most recent call last):
   ...
-  lotto_jax.store.ConfigMismatchError: ...: the directory holds a run with another config: lr: 0.1 -> 0.2. Pass overwrite=True (--overwrite) to replace it, or new_dir=True (--new-dir) to start the run in a new directory.
+  lotto_jax.runs.store.ConfigMismatchError: ...: the directory holds a run with another config: lr: 0.1 -> 0.2. Pass overwrite=True (--overwrite) to replace it, or new_dir=True (--new-dir) to start the run in a new directory.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotto_jax import _runlock
-from lotto_jax._runlock import RunLockedError
+from lotto_jax.runs import lock as _runlock
+from lotto_jax.runs.lock import RunLockedError
 
 __all__ = [
     "ConfigMismatchError",
@@ -99,7 +99,7 @@ __all__ = [
 ]
 
 _MANIFEST = ".manifest.json"
-_FORMAT = "lotto_jax.store/1"
+_FORMAT = "lotto_jax.runs.store/1"
 _TMP = ".orbax-checkpoint-tmp"
 
 
@@ -248,7 +248,7 @@ class RunStore:
         Args:
           directory: the run directory.
           config: the resolved config (nested dicts, e.g.
-            :func:`lotto_jax.common.config_to_dict`); written as ``config.json``
+            :func:`lotto_jax.runs.common.config_to_dict`); written as ``config.json``
             in a new directory, compared with it in an existing one. ``None``
             skips the check.
           overwrite: delete an existing run in ``directory`` and start afresh.
@@ -510,15 +510,27 @@ class RunStore:
 
     # --------------------------------------------------- step series (resume)
     def save_step(
-        self, prefix: str, step: int, tree: Any, *, meta: Mapping[str, Any] | None = None
+        self, prefix: str, step: int, tree: Any, *, meta: Mapping[str, Any] | None = None,
+        keep_older: bool = False,
     ) -> None:
         """Saves a mid-run checkpoint ``PREFIX/checkpoints/step_NNNNNNNN`` and then
-        deletes the older ones of the series (only the latest is kept)."""
+        deletes the older ones of the series (only the latest is kept), unless
+        ``keep_older``: the engine keeps a stack's previous checkpoints until
+        every unit of the stack has its new one (:meth:`drop_steps_before`)."""
         item = f"{prefix}/checkpoints/step_{int(step):08d}"
         self.save(item, tree, meta={"step": int(step), **(meta or {})})
+        if not keep_older:
+            self.drop_steps_before(prefix, int(step))
+
+    def drop_steps_before(self, prefix: str, step: int) -> None:
+        """Deletes the checkpoints of a series older than ``step``."""
         for old in self._steps(prefix):
-            if old != int(step):
+            if old < int(step):
                 self.delete(f"{prefix}/checkpoints/step_{old:08d}")
+
+    def steps(self, prefix: str) -> list[int]:
+        """The steps of a series' committed checkpoints, ascending."""
+        return self._steps(prefix)
 
     def _steps(self, prefix: str) -> list[int]:
         directory = self.path(prefix, "checkpoints")
