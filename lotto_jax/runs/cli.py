@@ -111,7 +111,7 @@ class _ConfigError(Exception):
     ``__post_init__``, which tyro would print in a box of its own)."""
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # lotto_jax/
 
 
 def _user_error(e: BaseException) -> str | None:

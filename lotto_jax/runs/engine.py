@@ -28,6 +28,7 @@ which units to train from which start states; the engine does the rest.
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -173,10 +174,14 @@ class Engine:
       save_interval: seconds between checkpoints when ``save_every`` is None.
       progress: show progress bars (default: when stderr is a terminal).
       clock: the wall-time clock (a new one by default).
+      log: receives one line per decision (a unit kept, completed or trained from a
+        step); default: stderr, prefixed ``lotto:``. Tests read it as evidence that
+        finished work was reused.
     """
 
     def __init__(self, trainer, dataset, data_key, store=None, *, stacked=False, mesh=None,
-                 save_every=None, save_interval=60.0, progress=None, clock=None):
+                 save_every=None, save_interval=60.0, progress=None, clock=None, log=None):
+        self.log = log or (lambda line: print(f"lotto: {line}", file=sys.stderr, flush=True))
         self.trainer, self.dataset, self.data_key = trainer, dataset, data_key
         self.clock = clock or Clock()
         self.timed = TimedTrainer(trainer, self.clock)
@@ -235,8 +240,10 @@ class Engine:
         todo = []
         for i, u in enumerate(units):
             if self.finished(u.prefix):
+                self.log(f"{u.prefix}: finished, kept")
                 out[i] = Done(u, self.metrics(u.prefix), None, False)
             elif self._complete(u, metrics_fn) is not None:
+                self.log(f"{u.prefix}: completed from its stored final")
                 out[i] = Done(u, self.metrics(u.prefix), None, False)
             else:
                 todo.append(i)
@@ -320,6 +327,9 @@ class Engine:
         stack prefixes)]``. Commits nothing but mid-training checkpoints."""
         points = [self.resume_point(u, s)
                   for u, s in zip(units, self._resume_steps(units), strict=True)]
+        def at_step(i):
+            return int(np.max(np.asarray(points[i][0].step)))
+
         groups: dict[tuple, list[int]] = {}
         for i, ((state, history), u) in enumerate(zip(points, units, strict=True)):
             at = (int(np.max(np.asarray(state.step))), len(history), u.hold)
@@ -327,6 +337,7 @@ class Engine:
         out: list[Any] = [None] * len(units)
         for idx in groups.values():
             stack = [units[i].prefix for i in idx]
+            self.log(f"{' + '.join(stack)}: training from step {at_step(idx[0])}")
             done = self._fit([units[i] for i in idx], [points[i] for i in idx],
                              describe([units[i].name for i in idx]), stop_at, on_stop)
             for i, (state, res) in zip(idx, done, strict=True):

@@ -214,6 +214,18 @@ def _place(x: Any, t: Any) -> Any:
     return x
 
 
+def _fault(variable: str, item: str) -> None:
+    """Fault injection for the kill-and-resume tests: SIGKILL this process when the
+    environment variable names a substring of ``item`` (``LOTTO_KILL_IN``: after
+    orbax wrote the item, before its manifest; ``LOTTO_KILL_AFTER``: right after
+    its commit). Unset in normal use."""
+    needle = os.environ.get(variable)
+    if needle and needle in item:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class RunStore:
     """A run directory: orbax checkpoints with manifests, and JSON records.
 
@@ -407,8 +419,10 @@ class RunStore:
         parent = os.path.dirname(path)
         os.makedirs(parent, exist_ok=True)
         self._ckpt.save(path, args=self._ocp.args.StandardSave(tree))
+        _fault("LOTTO_KILL_IN", item)  # orbax done, not committed: a partial item
         manifest = {"format": _FORMAT, "files": _file_table(path), "meta": meta or {}}
         write_json_atomic(path + _MANIFEST, manifest)
+        _fault("LOTTO_KILL_AFTER", item)
 
     def _remove(self, item: str) -> None:
         path = self.path(item)

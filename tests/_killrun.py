@@ -1,0 +1,83 @@
+"""Kill-and-resume harness shared by the per-command resume tests.
+
+:func:`lotto` runs the installed ``lotto`` entry point in a subprocess (CPU, a
+shared persistent compilation cache so reruns compile little). With ``kill_after``
+or ``kill_in`` the run store SIGKILLs the process itself at that item
+(``LOTTO_KILL_AFTER``: right after the item's commit; ``LOTTO_KILL_IN``: after orbax
+wrote it, before its manifest: a partial item), so the kill lands at an exact,
+named point: mid-training after a checkpoint, inside a checkpoint write, between
+the units of a stack, during a control's training.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import orbax.checkpoint as ocp
+
+LOTTO = shutil.which("lotto", path=os.path.dirname(sys.executable)) or "lotto"
+
+
+def lotto(args, *, cache_dir, kill_after=None, kill_in=None, timeout=600):
+    """Runs ``lotto ARGS``; returns the CompletedProcess (stdout, stderr as text)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env.pop("LOTTO_KILL_AFTER", None)
+    env.pop("LOTTO_KILL_IN", None)
+    if kill_after:
+        env["LOTTO_KILL_AFTER"] = kill_after
+    if kill_in:
+        env["LOTTO_KILL_IN"] = kill_in
+    return subprocess.run([LOTTO, *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def assert_killed(proc):
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-3000:])
+
+
+def assert_ok(proc):
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def items(directory):
+    """The committed orbax items of a run directory (relative paths)."""
+    return sorted(os.path.relpath(p, directory)[: -len(".manifest.json")]
+                  for p in glob.glob(os.path.join(directory, "**", "*.manifest.json"),
+                                     recursive=True))
+
+
+def assert_same_run(a, b, *, ignore=("config.json",)):
+    """Every committed item bit-equal and every JSON record (but ``ignore``) equal."""
+    assert items(a) == items(b)
+    ckpt = ocp.StandardCheckpointer()
+    for item in items(a):
+        x, y = ckpt.restore(os.path.join(a, item)), ckpt.restore(os.path.join(b, item))
+        import jax
+
+        for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=item)
+    ja = sorted(os.path.relpath(p, a) for p in glob.glob(os.path.join(a, "**", "*.json"),
+                                                         recursive=True))
+    ja = [j for j in ja if not j.endswith(".manifest.json") and j not in ignore]
+    jb = sorted(os.path.relpath(p, b) for p in glob.glob(os.path.join(b, "**", "*.json"),
+                                                         recursive=True))
+    assert ja == [j for j in jb if not j.endswith(".manifest.json") and j not in ignore]
+    for j in ja:
+        with open(os.path.join(a, j)) as f, open(os.path.join(b, j)) as g:
+            assert json.load(f) == json.load(g), j
+
+
+def engine_lines(proc):
+    """The engine's decisions (``lotto: PREFIX: ...`` lines on stderr)."""
+    return [line[len("lotto: "):] for line in proc.stderr.splitlines()
+            if line.startswith("lotto: ") and ": " in line[len("lotto: "):]]
