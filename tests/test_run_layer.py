@@ -180,7 +180,10 @@ def test_crash_corrupt_checkpoint_and_repair(shared, reference, tmp_path, capsys
     r = lotto(shared, *imp_args(shared, d))
     note, *rest = r.stderr.splitlines()
     assert note.startswith("lotto: note: ") and f"took over the lock of pid {dead}" in note
-    r.stderr = "\n".join(rest)
+    kept = ["round_000: finished, kept", "round_001: finished, kept",
+            "controls/shuffle/round_001: finished, kept"]
+    assert rest[:3] == [f"lotto: {line}" for line in kept]  # the engine's decisions
+    r.stderr = "\n".join(rest[3:])
     assert_one_line_error(r, victim, "truncated", "--repair")
     assert not (d / ".lock").exists()  # released on the error
 

@@ -59,7 +59,7 @@ def test_supermask_sweep(tmp_path):
 def test_empty_or_missing_directory_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match="dir"):
         sweeps.main(str(tmp_path / "missing"))
-    with pytest.raises(FileNotFoundError, match="no PaI or supermask runs"):
+    with pytest.raises(FileNotFoundError, match="no runs under"):
         sweeps.main(str(tmp_path))
 
 
@@ -67,7 +67,8 @@ def test_lotto_report_dispatches_sweeps(tmp_path, capsys):
     from lotto_jax.runs.cli import run
 
     _write(tmp_path / "snip_a", _pai("snip", 0.1, 0.9))
-    runs, (header, rows), paths = run(["report", str(tmp_path)])
+    runs, ((title, header, rows),), paths = run(["report", str(tmp_path)])
     assert len(runs) == 1 and header[0] == "method" and len(paths) == 1
+    assert title == "pruning at initialisation"
     assert rows[0][:3] == ["snip", "10", "90.00"]
     assert "sweep" in capsys.readouterr().out

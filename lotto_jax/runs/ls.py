@@ -1,26 +1,30 @@
-"""``lotto ls DIR``: the runs under a directory, with kind, status, progress and
-headline accuracy.
+"""``lotto ls DIR``: the runs under a directory, with kind, status, progress, best
+accuracy and lock holder.
 
 A run is a directory holding ``config.json``: an IMP run (``lotto imp``), a
 pruning-at-init run (``lotto pai``), a supermask search (``lotto supermask``) or a
-training (``lotto train``). The search is recursive and stops at a run (runs do not
-nest). Per run:
+training (``lotto train``); :mod:`lotto_jax.runs.layout` reads each. The search is
+recursive and stops at a run (runs do not nest). Per run:
 
-* **kind**: ``imp``, ``pai``, ``supermask`` or ``train``, from its config's fields
-  (``?`` when unrecognisable).
-* **status**: ``done``, ``partial`` or ``corrupt``. IMP: ``done`` when rounds
+* **kind**: ``imp``, ``pai``, ``supermask`` or ``train``
+  (:func:`lotto_jax.runs.layout.kind_of`; ``?`` when unrecognisable).
+* **status**: ``done``, ``partial`` or ``corrupt``. ``done``: IMP when rounds
   ``0..rounds`` and every configured control of rounds ``1..rounds`` have their
-  ``metrics.json``; ``corrupt`` when an item fails verification against its manifest
-  or a finished unit lacks an item (:func:`lotto_jax.runs.repair.scan`; ``lotto imp
-  --repair`` fixes it); a copy holding no checkpoint at all (records only, like
-  the committed ``experiments/results``) is judged by its records. Others: ``done`` when their result file (``results.json``,
-  ``result.json`` for train) exists, ``corrupt`` when it or the config is not valid
-  JSON.
+  ``metrics.json``; the others when their ``results.json`` exists (written after
+  every unit finished). ``corrupt``: an item fails verification against its
+  manifest, a finished unit lacks an item, or a record (``config.json``,
+  ``results.json``, a ``metrics.json``) is not valid JSON
+  (:func:`lotto_jax.runs.repair.scan`; the command's ``--repair`` fixes it). A copy
+  holding no checkpoint at all (records only, like the committed
+  ``experiments/results``) is judged by its records.
 * **progress**: IMP ``rounds R/N`` (R: the last round finished with all rounds
-  before it; ``-`` when none) and ``controls C/M``; others ``steps S/T`` (from the
-  result, or the last line of the metrics log while training).
-* **best acc**: the best test accuracy (mean over replicates): IMP of the last
-  finished round, others from their result file; with the density it was reached at.
+  before it; ``-`` when none) and ``controls C/M``; the others ``units F/T``
+  (finished units of those the config names: PaI variants, the supermask search,
+  the training) and, while a unit trains, ``step S/T`` of its latest checkpoint.
+* **best acc**: the best test accuracy (mean over replicates) with the density it
+  was reached at: IMP of the last finished round, PaI of the method's variant,
+  supermask of the search, train of the network; from the finished units of an
+  unfinished run.
 * **note**: who holds the lock (``running: pid ... on host ...``) or a stale lock.
 
 With ``--no-verify`` checkpoints are not re-hashed (only records are read): fast on
@@ -30,13 +34,13 @@ large runs, but corruption goes unseen.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 from typing import Any, NamedTuple
 
 import numpy as np
 import tyro
+
+from lotto_jax.runs import layout
 
 __all__ = ["LsConfig", "RunInfo", "find", "inspect_run", "main"]
 
@@ -81,62 +85,18 @@ class RunInfo(NamedTuple):
 
 
 def find(directory: str) -> list[str]:
-    """The run directories under ``directory`` (it included), sorted."""
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"{directory}: no such directory")
-    out = []
-    for root, dirs, files in os.walk(directory):
-        if "config.json" in files:
-            out.append(root)
-            dirs[:] = []  # runs do not nest
-        else:
-            dirs.sort()
-    return sorted(out)
-
-
-def _load(path: str) -> tuple[Any, bool]:
-    """``(json, ok)``: ``(None, True)`` when absent, ``(None, False)`` when garbled."""
-    try:
-        with open(path) as f:
-            return json.load(f), True
-    except FileNotFoundError:
-        return None, True
-    except (OSError, ValueError):
-        return None, False
+    """The run directories under ``directory`` (it included), sorted
+    (:func:`lotto_jax.runs.layout.find_runs`)."""
+    return layout.find_runs(directory)
 
 
 def _mean(value: Any) -> float | None:
-    if value is None:
+    if value is None or isinstance(value, dict):
         return None
-    return float(np.mean(np.asarray(value, float)))
-
-
-def _kind(config: dict[str, Any], path: str) -> str:
-    if ("rounds" in config and "rewind" in config) or os.path.exists(
-            os.path.join(path, "driver.json")):
-        return "imp"
-    if "method" in config and "density" in config:
-        return "pai"
-    if "method" in config and "keep" in config:
-        return "supermask"
-    if "run" in config and "mask" in config:
-        return "train"
-    return "?"
-
-
-def _last_step(path: str) -> int | None:
-    """The ``step`` of the last complete line of a JSON-lines metrics log."""
     try:
-        with open(path, "rb") as f:
-            lines = f.read().splitlines()
-    except OSError:
+        return float(np.mean(np.asarray(value, float)))
+    except (TypeError, ValueError):
         return None
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return None
 
 
 def _lock_note(path: str) -> str:
@@ -151,13 +111,26 @@ def _lock_note(path: str) -> str:
             "foreign": f"locked by {holder}"}.get(state, "unreadable lock file")
 
 
-def _imp(path: str, config: dict[str, Any], verify: bool) -> RunInfo:
+def _verified(view: layout.RunView, verify: bool) -> tuple[tuple[str, ...], str]:
+    """``(problems, note)``: the run's corrupt items (when ``verify``), and a note
+    for a copy that kept the records only (configs, metrics) and no checkpoint."""
     from lotto_jax.runs.repair import scan, stored_items
     from lotto_jax.runs.store import RunStore
 
-    rounds = int(config.get("rounds") or 0)
-    controls = list(config.get("controls") or [])
-    done = lambda unit: os.path.exists(os.path.join(path, unit, "metrics.json"))  # noqa: E731
+    problems = view.problems
+    if not stored_items(view.path):
+        has_units = view.kind == "imp" or layout.unit_dirs(view.path, view.kind)
+        return problems, "records only: no checkpoints" if has_units else ""
+    if verify:
+        found = tuple(f"{p.item}: {p.message}" for p in scan(RunStore(view.path)))
+        problems += tuple(p for p in found if p not in problems)
+    return problems, ""
+
+
+def _imp(view: layout.RunView, verify: bool) -> RunInfo:
+    rounds = int(view.config.get("rounds") or 0)
+    controls = list(view.config.get("controls") or [])
+    done = lambda unit: (u := view.units.get(unit)) is not None and u.status == "done"  # noqa: E731
     last = -1
     while last < rounds and done(f"round_{last + 1:03d}"):
         last += 1
@@ -168,55 +141,54 @@ def _imp(path: str, config: dict[str, Any], verify: bool) -> RunInfo:
         progress += f", controls {n_ctrl}/{rounds * len(controls)}"
     accuracy = density = None
     if last >= 0:
-        rec, _ = _load(os.path.join(path, f"round_{last:03d}", "metrics.json"))
-        if isinstance(rec, dict):
-            accuracy, density = _mean(rec.get("best_test_accuracy")), rec.get("density")
-    problems: tuple[str, ...] = ()
-    note = _lock_note(path)
-    if not stored_items(path):  # a copy that kept the records only (configs, metrics)
-        note = note or "records only: no checkpoints"
-    elif verify:
-        problems = tuple(f"{p.item}: {p.message}" for p in scan(RunStore(path)))
+        rec = view.units[f"round_{last:03d}"].metrics
+        accuracy, density = _mean(rec.get("best_test_accuracy")), rec.get("density")
+    problems, records = _verified(view, verify)
     status = ("corrupt" if problems
               else "done" if last == rounds and n_ctrl == rounds * len(controls)
               else "partial")
-    return RunInfo(path, "imp", status, progress, accuracy, density, note, problems)
+    return RunInfo(view.path, "imp", status, progress, accuracy, density,
+                   _lock_note(view.path) or records, problems)
 
 
-def _other(path: str, kind: str, config: dict[str, Any]) -> RunInfo:
-    name = "result.json" if kind == "train" else "results.json"
-    res, ok = _load(os.path.join(path, name))
-    steps = ((config.get("run") or {}).get("train") or {}).get("steps")
-    accuracy = density = None
-    if isinstance(res, dict):
-        entry = res
-        if kind == "pai":
-            entry = (res.get("variants") or {}).get(res.get("method"), {})
-        accuracy, density = _mean(entry.get("best_test_accuracy")), entry.get("density")
-        status, at = "done", steps
-    else:
-        status = "partial" if ok else "corrupt"
-        logs = [os.path.join(path, f) for f in sorted(os.listdir(path))
-                if re.fullmatch(r"metrics(_.*)?\.jsonl", f)]
-        at = min((s for f in logs if (s := _last_step(f)) is not None), default=None)
-    progress = f"steps {'-' if at is None else at}/{steps if steps is not None else '?'}"
-    problems = () if ok else (f"{name}: not valid JSON",)
-    return RunInfo(path, kind, status, progress, accuracy, density, _lock_note(path),
-                   problems)
+def _headline(view: layout.RunView) -> tuple[float | None, float | None]:
+    """The best test accuracy of the run's main unit (a PaI run's method, the
+    supermask search, the training) and the density it was reached at."""
+    c, res = view.config, view.results or {}
+    prefix = {"pai": f"variants/{c.get('method') or res.get('method')}",
+              "supermask": "search", "train": "train"}[view.kind]
+    e = layout.entry(view, prefix)
+    density = e.get("density")
+    if density is None:
+        density = c.get("density") if view.kind == "pai" else c.get("keep")
+    return _mean(e.get("best_test_accuracy")), _mean(density)
+
+
+def _other(view: layout.RunView, verify: bool) -> RunInfo:
+    problems, records = _verified(view, verify)
+    status = "corrupt" if problems else "done" if view.done else "partial"
+    progress = f"units {view.finished}/{len(view.units)}"
+    steps = layout.total_steps(view.config)
+    at = [u.step for u in view.units.values() if u.status == "training" and u.step is not None]
+    if at and not view.done:
+        progress += f", step {max(at)}/{steps if steps is not None else '?'}"
+    accuracy, density = _headline(view)
+    return RunInfo(view.path, view.kind, status, progress, accuracy, density,
+                   _lock_note(view.path) or records, problems)
 
 
 def inspect_run(path: str, *, verify: bool = True) -> RunInfo:
     """The :class:`RunInfo` of one run directory."""
-    config, ok = _load(os.path.join(path, "config.json"))
-    if not ok or not isinstance(config, dict):
+    config, ok = layout.load_json(os.path.join(path, "config.json"))
+    if not ok or (config is not None and not isinstance(config, dict)):
         return RunInfo(path, "?", "corrupt", "-", None, None, _lock_note(path),
                        ("config.json: not valid JSON",))
-    kind = _kind(config, path)
-    if kind == "imp":
-        return _imp(path, config, verify)
-    if kind == "?":
+    view = layout.read(path)._replace(path=path)
+    if view.kind == "imp":
+        return _imp(view, verify)
+    if view.kind == "?":
         return RunInfo(path, "?", "partial", "-", None, None, _lock_note(path))
-    return _other(path, kind, config)
+    return _other(view, verify)
 
 
 def _row(info: RunInfo, top: str) -> list[str]:
@@ -242,8 +214,8 @@ def main(config: LsConfig) -> list[RunInfo]:
         print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip())
     for r in runs:
         if r.problems:
-            hint = (" (rerun its lotto imp command with --repair)" if r.kind == "imp"
-                    else "")
+            hint = (f" (rerun its lotto {r.kind} command with --repair)"
+                    if r.kind in layout.KINDS else "")
             print(f"{os.path.relpath(r.path, config.dir)}: corrupt{hint}: {r.problems[0]}"
                   + (f" (and {len(r.problems) - 1} more)" if len(r.problems) > 1 else ""))
     return runs

@@ -28,6 +28,7 @@ import numpy as np
 __all__ = [
     "Series",
     "accuracy_vs_density",
+    "curve_figure",
     "curves",
     "density_figure",
     "early_stop_vs_density",
@@ -116,7 +117,7 @@ def density_figure(
     log_x: bool = True,
     reverse_x: bool = True,
     reference: tuple[str, float, float | None] | None = None,
-) -> str:
+):
     """A figure of a metric against the percent of weights remaining.
 
     Like Frankle & Carbin 2019's figures: a log x axis, reversed so sparsity grows
@@ -186,6 +187,35 @@ def early_stop_vs_density(series: Mapping[str, Series], path: str, **kwargs: Any
     return metric_vs_density(series, path, **{"ylabel": "Early-stop iteration", **kwargs})
 
 
+def curve_figure(
+    series: Mapping[str, Series],
+    *,
+    xlabel: str = "Training iteration",
+    ylabel: str = "Test accuracy (%)",
+    title: str | None = None,
+):
+    """A figure of a metric vs training iteration, one line per label (e.g. per
+    round or per variant), with a ±std band where a std is given.
+
+    Args:
+      series: ``{label: (steps, y_mean, y_std or None)}``.
+      xlabel: x axis label.
+      ylabel: y axis label.
+      title: optional title.
+
+    Returns:
+      The matplotlib ``Figure`` (its one ``Axes`` holds a line per label).
+
+    Raises:
+      ValueError: empty ``series`` or mismatched lengths (naming the label).
+    """
+    fig, ax = _figure(title)
+    _draw(ax, series, marker="")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return fig
+
+
 def curves(
     series: Mapping[str, Series],
     path: str,
@@ -194,20 +224,5 @@ def curves(
     ylabel: str = "Test accuracy (%)",
     title: str | None = None,
 ) -> str:
-    """Metric vs training iteration, one line per label (e.g. per round).
-
-    Args:
-      series: ``{label: (steps, y_mean, y_std or None)}``.
-      path: the PNG file to write.
-      xlabel: x axis label.
-      ylabel: y axis label.
-      title: optional title.
-
-    Returns:
-      ``path``.
-    """
-    fig, ax = _figure(title)
-    _draw(ax, series, marker="")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    return save(fig, path)
+    """Writes :func:`curve_figure` as a PNG at ``path``; returns ``path``."""
+    return save(curve_figure(series, xlabel=xlabel, ylabel=ylabel, title=title), path)

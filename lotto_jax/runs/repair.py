@@ -1,4 +1,4 @@
-"""Verifying a run directory and repairing it: ``lotto imp --repair``.
+"""Verifying a run directory and repairing it: ``lotto COMMAND --repair``.
 
 A corrupt or partial checkpoint item is detected (:class:`~lotto_jax.runs.store.
 CorruptCheckpointError` names the file) but a run cannot go on past it.
@@ -6,14 +6,19 @@ CorruptCheckpointError` names the file) but a run cannot go on past it.
 the units that depend on a corrupt one, and leaves the rest; the next run recomputes
 what was discarded from the last good state, and ends where an uninterrupted run
 would (bit for bit on CPU: every unit is a deterministic function of the config).
+It works on every kind of run (:mod:`lotto_jax.runs.layout`): a *unit* is a
+directory holding any of ``mask``, ``init``, ``checkpoints/``, ``final`` and
+``metrics.json`` (``round_NNN``, ``controls/C/round_NNN``, ``variants/NAME``,
+``search``, ``train``).
 
 What is checked (:func:`scan`): every item with a manifest (``X.manifest.json``,
 :meth:`~lotto_jax.runs.store.RunStore.verify`), every finished unit (its
-``metrics.json`` marker) for valid JSON and for the items it must have (``mask``,
-``final``, and ``init`` for a ``reinit`` control), ``driver.json``, and the rewind
-point of a ``step:K`` run whose round 0 finished.
+``metrics.json`` marker) for valid JSON and for the items it must have (``final``;
+for IMP also ``mask``, and ``init`` for a ``reinit`` control), ``results.json``;
+for IMP ``driver.json`` and the rewind point of a ``step:K`` run whose round 0
+finished.
 
-What is discarded for a corrupt item (:func:`plan`):
+What is discarded for a corrupt item (:func:`plan`), IMP runs:
 
 * a mid-round checkpoint ``.../checkpoints/step_N``: that checkpoint alone; its
   round resumes from an earlier checkpoint or from its start;
@@ -27,9 +32,30 @@ What is discarded for a corrupt item (:func:`plan`):
 * ``init`` (θ0) or ``driver.json``: that item alone; the next run writes it again
   from the seed and its arguments.
 
-A discarded unit loses its ``metrics.json`` first, then its directory, latest
-rounds first: a repair killed half-way leaves a store the next ``--repair`` finishes.
-Repair runs under the store's lock (:meth:`~lotto_jax.runs.store.RunStore.open`).
+Other kinds (``pai``, ``supermask``, ``train``):
+
+* a mid-run checkpoint: that checkpoint alone;
+* a unit's ``final``, ``mask`` or ``init``: that unit;
+* a unit's garbled ``metrics.json`` whose ``final`` is intact: the marker alone
+  (the engine completes the unit again from the curve stored with its final);
+* a run-level ``init`` or ``mask``: every unit depends on it, so every unit goes
+  (the listing says so), then the item;
+* an item of a supermask's ``export/``: that item (written again from the search);
+  the ``search`` unit takes every export with it;
+* ``results.json`` goes whenever anything else does (it is written last, from every
+  unit), and alone when it is garbled.
+
+For every kind, units are recomputed as they were trained: in one stack with the
+same units (the engine records each unit's stack in its manifests). So a
+discarded unit takes the units it was trained stacked with along, and a discarded
+checkpoint the same step of its stack's other units: the stack resumes together,
+from the same step, and its numbers equal an uninterrupted run's (a vmapped step
+over another stack rounds differently).
+
+A discarded unit loses its ``metrics.json`` first, then its directory; markers
+(``results.json``) go before what they summarise, latest rounds first: a repair
+killed half-way leaves a store the next ``--repair`` finishes. Repair runs under
+the store's lock (:meth:`~lotto_jax.runs.store.RunStore.open`).
 """
 
 from __future__ import annotations
@@ -40,13 +66,15 @@ import shutil
 from collections.abc import Callable
 from typing import NamedTuple
 
+from lotto_jax.runs import layout
 from lotto_jax.runs.store import CorruptCheckpointError, RunStore
 
 __all__ = ["Discard", "Problem", "plan", "repair", "scan", "stored_items"]
 
 _MANIFEST = ".manifest.json"
 _UNIT = re.compile(r"^(?P<unit>(?:controls/(?P<control>[^/]+)/)?round_(?P<round>\d+))(?:/|$)")
-_STEP = re.compile(r"^(?:controls/[^/]+/)?round_\d+/checkpoints/step_\d+$")
+_STEP = re.compile(r"^(?P<unit>.+)/checkpoints/step_(?P<step>\d+)$")
+_RESULTS = ("results.json", "result.json")
 
 
 class Problem(NamedTuple):
@@ -58,7 +86,7 @@ class Problem(NamedTuple):
 
 class Discard(NamedTuple):
     """What :func:`repair` deletes: a unit (``"round_002"``,
-    ``"controls/shuffle/round_001"``) or an item, and why."""
+    ``"controls/shuffle/round_001"``, ``"variants/snip"``) or an item, and why."""
 
     name: str
     reason: str
@@ -77,21 +105,6 @@ def stored_items(directory: str) -> list[str]:
     return sorted(out)
 
 
-def _units(directory: str) -> list[str]:
-    """The unit directories (``round_NNN``, ``controls/NAME/round_NNN``) present."""
-    out = []
-    for base in ["", *(os.path.join("controls", c) for c in _listdir(directory, "controls"))]:
-        for name in _listdir(directory, base):
-            if re.fullmatch(r"round_\d+", name) and os.path.isdir(os.path.join(directory, base, name)):
-                out.append(os.path.join(base, name))
-    return sorted(out)
-
-
-def _listdir(directory: str, sub: str) -> list[str]:
-    path = os.path.join(directory, sub)
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
-
-
 def _verify(store: RunStore, item: str) -> str | None:
     """The verification failure of ``item``, or None. An item deleted or replaced
     meanwhile (a run writing the directory) is not a failure."""
@@ -106,34 +119,51 @@ def _verify(store: RunStore, item: str) -> str | None:
     return failure
 
 
+def _needed(kind: str, unit: str) -> list[str]:
+    """The items a finished unit must hold."""
+    if kind == "imp":
+        return ["mask", "final"] + (["init"] if unit.startswith("controls/reinit/") else [])
+    return ["final"]
+
+
+def _json_problem(store: RunStore, name: str) -> Problem | None:
+    if not store.exists(name):
+        return None
+    try:
+        store.read_json(name)
+    except CorruptCheckpointError as e:
+        return Problem(name, str(e))
+    return None
+
+
 def scan(store: RunStore) -> list[Problem]:
     """Every corrupt or missing item of the run in ``store`` (module docs)."""
+    kind = layout.run_kind(store.directory)
     problems = []
     for item in stored_items(store.directory):
         if (failure := _verify(store, item)) is not None:
             problems.append(Problem(item, failure))
     seen = {p.item for p in problems}
-    for unit in _units(store.directory):
+    for unit in layout.unit_dirs(store.directory, kind):
         marker = f"{unit}/metrics.json"
         if not store.exists(marker):
             continue
-        try:
-            store.read_json(marker)
-        except CorruptCheckpointError as e:
-            problems.append(Problem(marker, str(e)))
-        needed = ["mask", "final"] + (["init"] if unit.startswith("controls/reinit/") else [])
-        for name in needed:
+        if (p := _json_problem(store, marker)) is not None:
+            problems.append(p)
+        for name in _needed(kind, unit):
             item = f"{unit}/{name}"
             if item not in seen and not store.has(item) and store.exists(marker):
                 problems.append(Problem(item, f"{store.path(item)}: missing from a "
                                               "finished unit (no manifest)"))
+    if kind != "imp":
+        problems += [p for name in _RESULTS if (p := _json_problem(store, name))]
+        return sorted(problems)
     driver = None
-    if store.exists("driver.json"):
-        try:
-            driver = store.read_json("driver.json")
-        except CorruptCheckpointError as e:
-            problems.append(Problem("driver.json", str(e)))
-    rewind = (driver or {}).get("rewind", "") if isinstance(driver, dict) else ""
+    if (p := _json_problem(store, "driver.json")) is not None:
+        problems.append(p)
+    elif store.exists("driver.json"):
+        driver = store.read_json("driver.json")
+    rewind = driver.get("rewind", "") if isinstance(driver, dict) else ""
     if (str(rewind).startswith("step:") and store.exists("round_000/metrics.json")
             and not store.has("rewind") and "rewind" not in seen):
         problems.append(Problem("rewind", f"{store.path('rewind')}: the rewind point is "
@@ -141,10 +171,9 @@ def scan(store: RunStore) -> list[Problem]:
     return sorted(problems)
 
 
-def plan(directory: str, problems: list[Problem]) -> list[Discard]:
-    """What to delete for ``problems`` (module docs), in deletion order: the
-    latest rounds first, each unit's dependants before it."""
-    units = _units(directory)
+def _plan_imp(directory: str, problems: list[Problem]) -> dict[str, Discard]:
+    """IMP's dependency rule (module docs)."""
+    units = layout.unit_dirs(directory, "imp")
     first: int | None = None  # the first trunk round to recompute
     why: str | None = None
     unit_reason: dict[str, str] = {}
@@ -188,13 +217,125 @@ def plan(directory: str, problems: list[Problem]) -> list[Discard]:
                 else f"; {m['unit']} resumes from an earlier checkpoint or its start"
                 if m is not None else "; written again by the next run")
         out[item] = Discard(item, reason + note, False)
+    return out
 
-    def order(d: Discard):
-        m = _UNIT.match(d.name)
-        r = int(m["round"]) if m else -1
-        return (-r, m is None or m["control"] is None, d.name)
 
-    return sorted(out.values(), key=order)
+def _plan_units(directory: str, problems: list[Problem], kind: str) -> dict[str, Discard]:
+    """The rule of the other kinds (module docs), before stacks and markers."""
+    bad = {p.item for p in problems}
+    units: dict[str, str] = {}
+    items: dict[str, str] = {}
+    everything: list[str] = []  # corrupt run-level items every unit depends on
+    for p in problems:
+        unit = layout.unit_of(p.item, kind)
+        reason = f"corrupt: {p.message}"
+        if unit is None:
+            items[p.item] = reason + ("" if p.item in _RESULTS or p.item.startswith("export/")
+                                      else "; written again by the next run")
+            if p.item in ("init", "mask"):
+                everything.append(p.item)
+        elif (m := _STEP.match(p.item)) and m["unit"] == unit:
+            items[p.item] = reason + f"; {unit} resumes from an earlier checkpoint or its start"
+        elif (p.item == f"{unit}/metrics.json" and f"{unit}/final" not in bad
+                and os.path.exists(os.path.join(directory, unit, "final" + _MANIFEST))):
+            items[p.item] = reason + "; its final is intact: completed again from it"
+        else:
+            units.setdefault(unit, reason)
+    present = layout.unit_dirs(directory, kind)
+    for item in everything:
+        items[item] += (f"; every unit depends on it: all {len(present)} units are "
+                        "recomputed")
+        for unit in present:
+            units.setdefault(unit, f"depends on {item} (corrupt)")
+    out = {u: Discard(u, r, True) for u, r in units.items()}
+    for item, reason in items.items():
+        if layout.unit_of(item, kind) not in out:
+            out[item] = Discard(item, reason, False)
+    return out
+
+
+def _stacks(directory: str, kind: str) -> dict[str, set[str]]:
+    """Unit -> the units it was trained stacked with (itself included), from the
+    ``stack`` its final's and checkpoints' manifests record."""
+    peers: dict[str, set[str]] = {}
+    for unit in layout.unit_dirs(directory, kind):
+        steps = [i for i in stored_items(os.path.join(directory, unit))
+                 if i.startswith("checkpoints/")]
+        for item in ["final", *steps]:
+            manifest, _ = layout.load_json(os.path.join(directory, unit, item + _MANIFEST))
+            meta = manifest.get("meta") if isinstance(manifest, dict) else None
+            stack = meta.get("stack") if isinstance(meta, dict) else None
+            if isinstance(stack, list) and all(isinstance(s, str) for s in stack):
+                for s in stack:
+                    peers.setdefault(s, {s}).update(stack)
+    return peers
+
+
+def _add_stacks(directory: str, kind: str, out: dict[str, Discard]) -> None:
+    """A discarded unit takes its stack along; a discarded checkpoint the same step
+    of its stack's other units (module docs)."""
+    peers = _stacks(directory, kind)
+    todo = [d.name for d in out.values() if d.is_unit]
+    while todo:
+        unit = todo.pop()
+        for q in sorted(peers.get(unit, set()) - set(out)):
+            if os.path.isdir(os.path.join(directory, q)):
+                out[q] = Discard(q, f"trained in one stack with {unit}: recomputed with it "
+                                    "(the same stack, the same numbers)", True)
+                todo.append(q)
+    gone = {d.name for d in out.values() if d.is_unit}
+    for d in list(out.values()):
+        m = _STEP.match(d.name)
+        if d.is_unit or m is None:
+            continue
+        for q in sorted(peers.get(m["unit"], set()) - {m["unit"]} - gone):
+            item = f"{q}/checkpoints/step_{m['step']}"
+            if item not in out and os.path.exists(os.path.join(directory, item + _MANIFEST)):
+                out[item] = Discard(item, f"the same step of {m['unit']}'s stack: {q} "
+                                          "resumes with it", False)
+
+
+def _deletion_order(kind: str, discards: list[Discard]) -> list[Discard]:
+    """Markers before what they summarise, dependants before their sources."""
+
+    def key(d: Discard):
+        if d.name in _RESULTS:
+            return (0, 0, False, d.name)
+        if d.name.startswith("export/"):
+            return (1, 0, False, d.name)
+        if kind == "imp":
+            m = _UNIT.match(d.name)
+            r = int(m["round"]) if m else -1
+            return (2, -r, m is None or m["control"] is None, d.name)
+        return (2 if layout.unit_of(d.name, kind) else 3, 0, not d.is_unit, d.name)
+
+    return sorted(discards, key=key)
+
+
+def plan(directory: str, problems: list[Problem], *, kind: str | None = None) -> list[Discard]:
+    """What to delete for ``problems`` (module docs), in deletion order: markers
+    first, the latest rounds first, each unit's dependants before it.
+
+    Args:
+      directory: the run directory.
+      problems: what :func:`scan` found.
+      kind: the run's kind; default: :func:`lotto_jax.runs.layout.run_kind`.
+    """
+    kind = kind or layout.run_kind(directory)
+    out = (_plan_imp(directory, problems) if kind == "imp"
+           else _plan_units(directory, problems, kind))
+    _add_stacks(directory, kind, out)
+    if out and kind != "imp":
+        if "search" in out and kind == "supermask":
+            for item in stored_items(directory):
+                if item.startswith("export/"):
+                    out.setdefault(item, Discard(item, "exported from search: written "
+                                                       "again with it", False))
+        name = layout.results_name(directory)
+        if name not in out and os.path.exists(os.path.join(directory, name)):
+            out[name] = Discard(name, "summarises the units: written again once every "
+                                      "unit is finished", False)
+    return _deletion_order(kind, list(out.values()))
 
 
 def repair(store: RunStore, *, echo: Callable[[str], None] | None = print) -> list[Discard]:
@@ -206,7 +347,7 @@ def repair(store: RunStore, *, echo: Callable[[str], None] | None = print) -> li
       echo: where the lines go (``None``: silent).
 
     Returns:
-      The discarded units and items.
+      The discarded units and items, in the order they were deleted.
     """
     discards = plan(store.directory, scan(store))
     if echo is not None:
@@ -214,18 +355,20 @@ def repair(store: RunStore, *, echo: Callable[[str], None] | None = print) -> li
             echo(f"repair: {store.directory}: every item verified, nothing to discard")
         else:
             echo(f"repair: {store.directory}: discarding {len(discards)} corrupt or "
-                 "dependent units, to be recomputed:")
-            for d in reversed(discards):  # in round order
+                 "dependent units and items, to be recomputed:")
+            for d in reversed(discards):  # causes first: in round order
                 echo(f"  {d.name}: {d.reason}")
     for d in discards:
+        path = store.path(d.name)
         if not d.is_unit:
             if d.name.endswith(".json"):
-                os.remove(store.path(d.name))
+                if os.path.exists(path):
+                    os.remove(path)
             else:
                 store.delete(d.name)
             continue
         marker = store.path(d.name, "metrics.json")
         if os.path.exists(marker):
             os.remove(marker)  # unfinished first: a kill here leaves a resumable run
-        shutil.rmtree(store.path(d.name))
+        shutil.rmtree(path, ignore_errors=True)
     return discards

@@ -1,4 +1,9 @@
-"""``lotto report``: the table and figures of a finished (or running) IMP run.
+"""``lotto report``: the table and figures of a finished (or running) run.
+
+:func:`main` dispatches on the directory's kind (:mod:`lotto_jax.runs.layout`): an
+IMP run is reported here, a PaI / supermask / train run by
+:mod:`lotto_jax.runs.report_kinds`, a directory of runs by
+:mod:`lotto_jax.runs.sweeps`. For an IMP run:
 
 :func:`load_run` reads a run directory (:mod:`lotto_jax.runs.store` layout): the config and
 the ``metrics.json`` of every finished round and control round. :func:`table` turns it
@@ -21,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import tyro
 
-from lotto_jax.runs import plots
+from lotto_jax.runs import layout, plots
 
 __all__ = [
     "Report",
@@ -42,8 +47,9 @@ __all__ = [
 class ReportConfig:
     """Tables and figures of a run: ``lotto report runs/imp``.
 
-    ``DIR`` is an IMP run directory, or a directory of ``lotto pai`` /
-    ``lotto supermask`` runs (a sweep: one table and accuracy-vs-density figures
+    ``DIR`` is a run directory of any command (``imp``, ``pai``, ``supermask``,
+    ``train``; an unfinished run is reported as far as it got, marked so), or a
+    directory of runs (a sweep: one table per kind and accuracy-vs-density figures
     over all of them, see :mod:`lotto_jax.runs.sweeps`).
 
     Attributes:
@@ -286,17 +292,43 @@ def figures(run: RunData, directory: str) -> list[str]:
     return out
 
 
+def _unfinished_note(directory: str) -> str | None:
+    """A line naming what an unfinished IMP run still lacks, or None when done."""
+    view = layout.read(directory)
+    if view.done or not view.units:
+        return None
+    todo = [p for p, u in view.units.items() if u.status != "done"]
+    training = [f"{p} at step {u.step}" for p, u in view.units.items()
+                if u.status == "training" and u.step is not None]
+    return (f"unfinished: {view.finished}/{len(view.units)} units done ({len(todo)} to go"
+            + (f"; training: {', '.join(training)}" if training else "") + ")")
+
+
 def main(config: ReportConfig) -> Report | Any:
     """Prints the table of ``config.dir`` and writes its figures.
 
-    A directory of PaI or supermask runs goes to :func:`lotto_jax.runs.sweeps.main`
-    (its return value is returned).
-    """
-    from lotto_jax.runs import sweeps
+    Dispatches on what the directory holds (:func:`lotto_jax.runs.layout.kind_of`):
+    an IMP run (this module), a PaI, supermask or train run
+    (:func:`lotto_jax.runs.report_kinds.main`), or a directory of runs, a sweep
+    (:func:`lotto_jax.runs.sweeps.main`, whose return value is returned).
 
-    if sweeps.is_sweep(config.dir):
-        return sweeps.main(config.dir, figures_dir=config.figures)
-    run = load_run(config.dir)
+    Raises:
+      FileNotFoundError: ``config.dir`` is missing, or holds no run.
+    """
+    from lotto_jax.runs import report_kinds, sweeps
+
+    d = config.dir
+    if not os.path.isdir(d):
+        raise FileNotFoundError(
+            f"{d}: no such run directory" + (" (it is a file)" if os.path.exists(d) else ""))
+    kind = layout.run_kind(d)
+    if kind in ("pai", "supermask", "train") and layout.is_run(d):
+        return report_kinds.main(d, figures_dir=config.figures)
+    if kind != "imp" and (layout.find_runs(d) or not layout.is_run(d)):
+        return sweeps.main(d, figures_dir=config.figures)
+    run = load_run(d)
     print_table(run)
-    paths = figures(run, config.figures or os.path.join(config.dir, "figures"))
+    if (note := _unfinished_note(d)) is not None:
+        print(note)
+    paths = figures(run, config.figures or os.path.join(d, "figures"))
     return Report(run, format_table(run), paths)
