@@ -1,0 +1,222 @@
+"""``lotto train``: one network (or replicates), dense or under a saved mask.
+
+A run directory of one engine unit (:mod:`lotto_jax.runs.engine`)::
+
+  config.json      the resolved config
+  init             θ0 ``{"params", "model_state"}`` (a leading replicate axis when S > 1)
+  mask             the mask it trains under: the ``--mask`` checkpoint or all-True
+                   (stacked like ``init``)
+  train/           the unit: ``checkpoints/step_N`` while it trains, ``final`` (the
+                   trained ``{"params", "model_state"}``), ``metrics.json`` (the marker)
+  results.json     model, dataset, steps, replicates, density and the accuracies
+
+A killed run resumes from its latest checkpoint when the same command is run again,
+and ends bit for bit where an uninterrupted run would (on CPU); a finished run
+trains nothing. One process writes a directory at a time (its ``.lock``);
+``--repair`` discards corrupt items first (:func:`lotto_jax.runs.repair.repair`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from lotto_jax.runs.common import RunConfig
+from lotto_jax.runs.records import check_save_every, check_save_interval
+from lotto_jax.runs.store import CorruptCheckpointError
+
+__all__ = ["MUTABLE_FIELDS", "PREFIX", "TrainCommand", "main"]
+
+PREFIX = "train"
+"""The unit's directory in the run."""
+
+MUTABLE_FIELDS: tuple[str, ...] = (
+    "out", "overwrite", "new_dir", "repair", "save_every", "save_interval",
+    "run.data_dir", "recipe",
+)
+"""TrainCommand fields that may change when a run directory is resumed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCommand:
+    """Train one network, dense or under a saved mask, and print a summary.
+
+    Attributes:
+      run: model, data, seeds and training hyperparameters (``--replicates S``:
+        replicate ``i`` from init seed ``seed + i`` and data order
+        ``data_seed + i``, all S in one vmapped step).
+      mask: an orbax checkpoint directory holding a mask pytree for the model's
+        params (e.g. a round of ``lotto imp``); dense when not given.
+      out: the run directory: ``config.json``, ``init``, ``mask``, the unit
+        ``train/`` (``final``: the trained weights; ``metrics.json``: the curve and
+        accuracies) and ``results.json``. Rerunning the same command resumes a
+        killed run; a finished one trains nothing.
+      save_every: steps between mid-training checkpoints, taken at evaluation
+        points; ``None``: every ``save_interval`` seconds.
+      save_interval: with ``save_every=None``, seconds of training between
+        checkpoints (at evaluation points); 0 checkpoints at every evaluation.
+      overwrite: delete an existing run in ``out`` and start afresh.
+      new_dir: if ``out`` holds a run with another config, run in ``out_1``,
+        ``out_2``, ... instead of refusing.
+      repair: before running, verify every stored item, print the corrupt ones
+        and discard them, then recompute what they held.
+      recipe: a named preset of the papers' settings (``lotto recipes``): its
+        values are the defaults of every other flag, which override them.
+    """
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    mask: str | None = None
+    out: str = "runs/train"
+    save_every: int | None = None
+    save_interval: float = 60.0
+    overwrite: bool = False
+    new_dir: bool = False
+    repair: bool = False
+    recipe: str | None = None
+
+    def __post_init__(self):
+        check_save_every(self.save_every)
+        check_save_interval(self.save_interval)
+
+
+def main(config: TrainCommand) -> Any:
+    """Runs ``lotto train`` in ``config.out`` (resuming what is there).
+
+    Returns:
+      The :class:`lotto_jax.train.FitResult` of the curve in ``train/metrics.json``
+      (per-replicate arrays when ``run.replicates > 1``).
+
+    Raises:
+      FileNotFoundError: ``config.mask`` is not a directory (checked before the
+        data and the model are built).
+      lotto_jax.runs.store.RunLockedError: another process writes ``config.out``.
+      lotto_jax.runs.store.ConfigMismatchError: ``config.out`` holds another run.
+      lotto_jax.runs.store.CorruptCheckpointError: a stored item is altered (the
+        message names it and ``--repair``).
+    """
+    from lotto_jax.runs import common
+    from lotto_jax.runs.store import RunStore
+
+    if config.mask:  # before the slow part: building the model and the data
+        path = os.path.abspath(config.mask)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"mask: no checkpoint directory at {path}")
+    store = RunStore.open(
+        config.out, common.config_to_dict(config), overwrite=config.overwrite,
+        new_dir=config.new_dir, mutable=MUTABLE_FIELDS,
+    )
+    try:  # the lock is released on every way out
+        if config.repair:
+            from lotto_jax.runs import repair
+
+            repair.repair(store, echo=print)
+        return _main(config, store)
+    except CorruptCheckpointError as e:
+        if config.repair:
+            raise
+        raise CorruptCheckpointError(
+            f"{e}; rerun with --repair to discard the corrupt items and recompute them"
+        ) from e
+    finally:
+        store.close()
+
+
+def _start(config: TrainCommand, prep) -> tuple[dict[str, Any], Any, Any]:
+    """``(θ0, make_mask, data_key)``: replicate ``i`` from seed ``seed + i`` and data
+    key ``data_seed + i`` (replicate 0 is the single run), stacked when S > 1."""
+    import jax
+    import jax.numpy as jnp
+
+    from lotto_jax import masks
+    from lotto_jax.runs import common
+
+    n = config.run.replicates
+    if n > 1:
+        variables = common.replicate_variables(
+            prep.module, prep.dataset.input_shape, config.run.seed, n)
+        data_key = common.replicate_data_keys(config.run.data_seed, n)
+    else:
+        variables, data_key = prep.variables, prep.data_key
+    theta0 = {"params": variables["params"],
+              "model_state": {k: v for k, v in variables.items() if k != "params"}}
+
+    def make_mask():
+        if not config.mask:
+            mask = masks.init(prep.params)
+        else:
+            import orbax.checkpoint as ocp
+
+            mask = ocp.StandardCheckpointer().restore(os.path.abspath(config.mask))
+            masks.validate(prep.params, mask, name="mask")
+            mask = jax.tree.map(jnp.asarray, mask)
+        return common.stack([mask] * n) if n > 1 else mask
+
+    return theta0, make_mask, data_key
+
+
+def _main(config: TrainCommand, store) -> Any:
+    from lotto_jax import masks, train
+    from lotto_jax.runs import common
+    from lotto_jax.runs.engine import Engine, Unit, abstract
+    from lotto_jax.runs.records import layer_counts
+    from lotto_jax.runs.writer import Clock, WriteBehind
+
+    prep = common.prepare(config.run)
+    stacked = config.run.replicates > 1
+    theta0, make_mask, data_key = _start(config, prep)
+    all_true = masks.init(prep.params)
+    target = common.stack([all_true] * config.run.replicates) if stacked else all_true
+    clock = Clock()
+    writer = WriteBehind(store, clock)
+    try:
+        engine = Engine(prep.trainer, prep.dataset, data_key, writer, stacked=stacked,
+                        mesh=prep.mesh, save_every=config.save_every,
+                        save_interval=config.save_interval, clock=clock)
+        start = engine.load_or("init", abstract(theta0), lambda: theta0)
+        mask = engine.load_or("mask", abstract(target), make_mask)
+
+        def metrics_fn(unit, res):
+            return {**layer_counts(unit.mask, masks.default_prunable, stacked),
+                    **res.metrics()}
+
+        (done,) = engine.run([Unit(PREFIX, config.run.model, start, mask)],
+                             lambda names: "+".join(names), metrics_fn=metrics_fn)
+        writer.close()
+    except BaseException:
+        writer.close(raise_errors=False)
+        raise
+    result = train.summarize([train.EvalRecord(**r) for r in done.metrics["curve"]])
+    summary = {
+        "model": config.run.model,
+        "dataset": config.run.dataset,
+        "steps": config.run.train.steps,
+        "replicates": config.run.replicates,
+        "density": done.metrics["density"],
+        "final_test_accuracy": result.final_test_accuracy,
+        "best_test_accuracy": result.best_test_accuracy,
+        "early_stop_step": result.early_stop_step,
+        "early_stop_test_accuracy": result.early_stop_test_accuracy,
+    }
+    store.write_json("results.json", summary)
+    _print_table(f"lotto train: {config.run.model} on {config.run.dataset}", summary)
+    return result
+
+
+def _print_table(title: str, rows: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        if isinstance(value, np.ndarray | list) and "accuracy" in key:
+            arr = 100 * np.asarray(value, float)
+            value = f"{arr.mean():.2f} ± {arr.std():.2f}%"
+        elif isinstance(value, float):
+            value = f"{100 * value:.2f}%" if "accuracy" in key or key == "density" else f"{value:.4g}"
+        table.add_row(key, str(value))
+    Console().print(table)
