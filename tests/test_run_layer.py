@@ -281,7 +281,7 @@ def test_lotto_ls(shared, reference, tmp_path, capsys):
     assert rows["corrupt"].split()[1:3] == ["imp", "corrupt"]
     assert rows["records"].split()[1:3] == ["imp", "done"]
     assert rows["records"].endswith("records only: no checkpoints")
-    assert rows["pai"].split()[1:5] == ["pai", "done", "steps", "20/20"]
+    assert rows["pai"].split()[1:5] == ["pai", "done", "units", "1/1"]
     assert f"{100 * pai['best_test_accuracy']:.2f}% @ 50%" in rows["pai"]
     # the corrupt run's file and the way out
     (tail,) = [line for line in out.splitlines() if line.startswith("corrupt: corrupt")]
