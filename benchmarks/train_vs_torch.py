@@ -12,6 +12,11 @@ data (60,000 random images and labels in memory, so it runs anywhere):
   machine PyTorch's OpenMP threads wait for each other in every op, and the
   multi-threaded loop can be many times slower than the single-threaded one. The
   goal is checked against the faster torch variant.
+* ``--torch-device cuda`` (on a GPU machine) runs the same torch loop on the GPU
+  instead: model, optimizer state, data and masks on ``cuda``, one dense and one
+  masked variant (thread counts only matter on the CPU), and
+  ``torch.cuda.synchronize()`` before the clock is read at the end of every block.
+  JAX runs on its default device (the GPU there).
 * ``ours masked``: :func:`lotto_jax.train.make_trainer` with a random mask of
   density 20 %, ``Trainer.train_chunk`` called repeatedly as ``train.fit`` does
   between evaluations (``lax.scan`` over chunks of steps, data on device).
@@ -21,10 +26,12 @@ unless its warm-up shows that would take more than ``--torch-block-s`` seconds (
 then fewer (at least 50), so the run stays short on a loaded machine. Steps/s are
 per step, so the blocks compare. The warm-up (JAX's compilation, torch's first
 steps) is timed and reported apart. Torch uses as many threads as the machine has cores. If torch is not
-importable the script says so and exits 0.
+importable the script says so and exits 0. On cuda the first torch warm-up holds
+CUDA's start-up, so the per-step estimate for the block cap comes from a further,
+synchronized run of 50 steps after the warm-up.
 
 Goal (issue): ours >= 3x the steps/s of plain PyTorch. Run ``python
-benchmarks/train_vs_torch.py [--quick] [--json PATH]``.
+benchmarks/train_vs_torch.py [--quick] [--json PATH] [--torch-device cuda]``.
 """
 
 from __future__ import annotations
@@ -60,7 +67,6 @@ NUM_TRAIN = 60_000
 GOAL = 3.0
 
 
-
 class _Timed:
     """``block(steps)``: a timed block that runs ``self.run(steps)``."""
 
@@ -72,12 +78,13 @@ class _Timed:
 
         return run
 
+
 class _TorchLoop(_Timed):
     """The plain PyTorch training loop, resumable across timed blocks."""
 
-    def __init__(self, torch, x, y, *, masked, density, seed, threads):
+    def __init__(self, torch, x, y, *, masked, density, seed, threads, device="cpu"):
         nn = torch.nn
-        self.torch, self.threads = torch, threads
+        self.torch, self.threads, self.device = torch, threads, device
         torch.manual_seed(seed)
         self.model = nn.Sequential(
             nn.Linear(784, 300),
@@ -85,7 +92,7 @@ class _TorchLoop(_Timed):
             nn.Linear(300, 100),
             nn.ReLU(),
             nn.Linear(100, 10),
-        )
+        ).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.loss_fn = nn.CrossEntropyLoss()
         self.x, self.y = x, y
@@ -97,19 +104,24 @@ class _TorchLoop(_Timed):
         if masked:  # random masks of the given density on the weight matrices
             for p in self.model.parameters():
                 if p.ndim >= 2:
-                    m = (torch.rand(p.shape, generator=self.gen) < density).to(p.dtype)
+                    m = (torch.rand(p.shape, generator=self.gen) < density).to(
+                        device=device, dtype=p.dtype
+                    )
                     p.data *= m
                     self.masks.append((p, m))
         self.last_loss = float("nan")
 
     def run(self, steps):
         torch = self.torch
-        torch.set_num_threads(self.threads)
+        if self.threads is not None:  # cpu only
+            torch.set_num_threads(self.threads)
         model, opt, loss_fn, x, y = self.model, self.opt, self.loss_fn, self.x, self.y
         for _ in range(steps):
             i = self.step % self.steps_per_epoch
             if i == 0:
-                self.perm = torch.randperm(x.shape[0], generator=self.gen)
+                self.perm = torch.randperm(x.shape[0], generator=self.gen).to(
+                    self.device
+                )
             idx = self.perm[i * BATCH : (i + 1) * BATCH]
             loss = loss_fn(model(x[idx]), y[idx])
             opt.zero_grad()
@@ -120,6 +132,8 @@ class _TorchLoop(_Timed):
                     for p, m in self.masks:
                         p.data *= m
             self.step += 1
+        if self.device != "cpu":  # the block's clock is read after run() returns
+            torch.cuda.synchronize()
         self.last_loss = loss.item()
 
 
@@ -177,6 +191,13 @@ def main(argv=None):
         default=2.5,
         help="cap on a torch block's expected seconds (fewer steps)",
     )
+    parser.add_argument(
+        "--torch-device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where torch runs its loop (cuda: one dense and one masked variant, "
+        "--threads ignored)",
+    )
     args = parser.parse_args(argv)
     q = args.quick
     repeats = args.repeats or (3 if q else 5)
@@ -184,7 +205,10 @@ def main(argv=None):
     steps = args.steps or (300 if q else 3000)
     steps = max(chunk, steps // chunk * chunk)
     warmup = args.warmup or (chunk if q else 500)
+    device = args.torch_device
     thread_counts = list(dict.fromkeys(int(t) for t in str(args.threads).split(",")))
+    if device != "cpu":
+        thread_counts = [None]  # one torch variant per kind; threads matter on cpu only
 
     info = machine_info()
     print(
@@ -199,30 +223,51 @@ def main(argv=None):
             "build with `.venv/bin/pip install torch==2.13.0` and run again."
         )
         return 0
+    if device == "cuda" and not torch.cuda.is_available():
+        print_machine(info)
+        print(
+            f"--torch-device cuda: torch {torch.__version__} sees no CUDA device "
+            f"(torch.version.cuda = {torch.version.cuda})"
+        )
+        return 2
     info |= {
         "torch": torch.__version__,
+        "torch_device": device,
         "torch_threads_compared": thread_counts,
         "torch_default_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
     }
+    if device == "cuda":
+        info |= {
+            "torch_cuda_device": torch.cuda.get_device_name(0),
+            "torch_cuda_version": torch.version.cuda,
+            "torch_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "jax_default_matmul_precision": jax.config.jax_default_matmul_precision,
+        }
     print_machine(info)
     print(f"jax.devices(): {jax.devices()}")
     print(
         f"repeats {repeats} (interleaved), {steps} steps per block, warm-up {warmup} "
-        f"steps, train_chunk of {chunk} steps{'  (QUICK: smoke run, not a measurement)' if q else ''}"
+        f"steps, train_chunk of {chunk} steps, torch on {device}"
+        f"{'  (QUICK: smoke run, not a measurement)' if q else ''}"
     )
 
     rng = np.random.default_rng(0)
     x_np = rng.standard_normal((NUM_TRAIN, 28, 28, 1), dtype=np.float32)
     y_np = rng.integers(0, 10, NUM_TRAIN).astype(np.int32)
 
-    # PyTorch, CPU, data as tensors in memory.
-    x_t = torch.from_numpy(x_np.reshape(NUM_TRAIN, 784))
-    y_t = torch.from_numpy(y_np.astype(np.int64))
+    # PyTorch, data as tensors in memory on the torch device.
+    x_t = torch.from_numpy(x_np.reshape(NUM_TRAIN, 784)).to(device)
+    y_t = torch.from_numpy(y_np.astype(np.int64)).to(device)
     loops = {}
     for t in thread_counts:
         for kind in ("dense", "masked"):
-            loops[f"torch {kind}, {t} thread{'s' * (t > 1)}"] = _TorchLoop(
+            name = (
+                f"torch {kind}, {t} thread{'s' * (t > 1)}"
+                if t is not None
+                else f"torch {kind} ({device})"
+            )
+            loops[name] = _TorchLoop(
                 torch,
                 x_t,
                 y_t,
@@ -230,6 +275,7 @@ def main(argv=None):
                 density=DENSITY,
                 seed=0,
                 threads=t,
+                device=device,
             )
 
     # Ours: the trainer fit() uses, built once, with a 20 % random mask.
@@ -265,6 +311,10 @@ def main(argv=None):
         block_steps[name] = steps
         if name != ours:  # cap a slow torch block at about --torch-block-s seconds
             per_step = warm[name] / n_warm
+            if device != "cpu":  # the warm-up held CUDA's start-up: time 50 more steps
+                t0 = time.perf_counter()
+                loop.run(50)
+                per_step = (time.perf_counter() - t0) / 50
             cap = max(50, int(args.torch_block_s / per_step) // 50 * 50)
             block_steps[name] = min(steps, cap)
         print(
@@ -353,6 +403,7 @@ def main(argv=None):
                 "warmup_steps": warmup,
                 "chunk": chunk,
                 "torch_threads": thread_counts,
+                "torch_device": device,
                 "quick": q,
             },
             "variants": stats,
