@@ -232,3 +232,64 @@ def test_real_replicated_run_mean_std_and_bands(tmp_path):
         np.testing.assert_allclose([lo, hi], [v.min(), v.max()], atol=1e-6)  # 2 replicates
     for path in rep.figures:
         assert open(path, "rb").read()[:8] == PNG
+
+
+def test_every_imp_figure_from_hand_values():
+    """Each figure of figure_set, read back from its artists: the means of two
+    replicates (a+b)/2 and bands [min, max] (mean ± |a-b|/2), worked out here."""
+    import numpy as np
+
+    def curve(*accs):
+        return [{"step": 10 * i, "test_accuracy": a} for i, a in enumerate(accs)]
+
+    rounds = [
+        {"round": 0, "density": 1.0, "final_test_accuracy": [0.6, 0.8],
+         "best_test_accuracy": [0.7, 0.8], "early_stop_step": [10, 20],
+         "early_stop_test_accuracy": [0.65, 0.75], "curve": curve([0.1, 0.1], [0.6, 0.8])},
+        {"round": 1, "density": 0.5, "final_test_accuracy": [0.7, 0.7],
+         "best_test_accuracy": [0.75, 0.85], "early_stop_step": [20, 20],
+         "early_stop_test_accuracy": [0.7, 0.8], "curve": curve([0.2, 0.1], [0.7, 0.7])},
+    ]
+    random = [{"round": 1, "density": 0.5, "final_test_accuracy": [0.4, 0.6],
+               "best_test_accuracy": [0.5, 0.6], "early_stop_step": [10, 10],
+               "early_stop_test_accuracy": [0.4, 0.5], "curve": curve([0.1, 0.1])}]
+    run = report.RunData("/x", {"run": {"replicates": 2}}, rounds, {"random": random})
+    figs = report.figure_set(run)
+    assert list(figs) == ["lottery.png", "accuracy.png", "best_accuracy.png",
+                          "early_stop_accuracy.png", "early_stop.png", "curves.png"]
+
+    def lines(name):
+        return {ln.get_label(): (np.asarray(ln.get_xdata(), float).tolist(),
+                                 np.asarray(ln.get_ydata(), float).tolist())
+                for ln in figs[name].axes[0].get_lines()}
+
+    expected = {  # name: (ticket y, random y, dense level or None)
+        "accuracy.png": ([70, 70], [50], 70),
+        "best_accuracy.png": ([75, 80], [55], 75),
+        "lottery.png": ([75, 80], [55], 75),
+        "early_stop_accuracy.png": ([70, 75], [45], 70),
+        "early_stop.png": ([15, 20], [10], None),
+    }
+    for name, (ticket, rnd, dense) in expected.items():
+        got = lines(name)
+        assert got["IMP ticket"][0] == [100, 50] and got["random"][0] == [50], name
+        np.testing.assert_allclose(got["IMP ticket"][1], ticket, err_msg=name)
+        np.testing.assert_allclose(got["random"][1], rnd, err_msg=name)
+        if dense is None:
+            assert "dense" not in got, name
+        else:
+            np.testing.assert_allclose(got["dense"][1], [dense, dense], err_msg=name)
+    ax = figs["accuracy.png"].axes[0]
+    bands = {_band_label(ax, c): c for c in ax.collections}
+    np.testing.assert_allclose(_band_limits(bands["IMP ticket"]), [(60, 80), (70, 70)],
+                               atol=1e-9)
+    assert figs["early_stop.png"].axes[0].get_ylabel() == "Early-stop iteration"
+    curves = lines("curves.png")
+    assert sorted(curves) == ["100.0%", "50.0%"]
+    for label, y in (("100.0%", [10, 70]), ("50.0%", [15, 70])):
+        assert curves[label][0] == [0, 10]
+        np.testing.assert_allclose(curves[label][1], y)
+    ax = figs["curves.png"].axes[0]
+    bands = {_band_label(ax, c): c for c in ax.collections}
+    np.testing.assert_allclose(sorted(_band_limits(bands["100.0%"])), [(10, 10), (60, 80)],
+                               atol=1e-9)

@@ -32,6 +32,7 @@ __all__ = [
     "Report",
     "ReportConfig",
     "RunData",
+    "figure_set",
     "figures",
     "format_table",
     "load_run",
@@ -260,36 +261,43 @@ def lottery_figure(run: RunData):
     return _accuracy_figure(run, "best_test_accuracy", _title(run))
 
 
-def figures(run: RunData, directory: str) -> list[str]:
-    """Writes the report's PNGs into ``directory``; returns their paths.
+def figure_set(run: RunData) -> dict[str, Any]:
+    """The report's figures as ``{file name: matplotlib Figure}``, in order.
 
     ``lottery.png``, the headline figure: best test accuracy (the maximum over the
     evaluations, the MNIST-1D notebook's metric) vs % weights remaining on a log
     axis, trunk and controls with ±std bands over replicates and the dense network
     as a dashed level. Then ``accuracy.png`` (final test accuracy),
-    ``best_accuracy.png``, ``early_stop.png`` (early-stop iteration) and
-    ``early_stop_accuracy.png`` when there is a validation split, and
-    ``curves.png`` (the trunk's test accuracy during training, one line per round).
+    ``best_accuracy.png``, ``early_stop_accuracy.png`` and ``early_stop.png``
+    (early-stop iteration) when there is a validation split, and ``curves.png``
+    (the trunk's test accuracy during training, one line per round, labelled by its
+    % of weights remaining).
     """
-    out = [plots.save(lottery_figure(run), os.path.join(directory, "lottery.png"))]
+    out = {"lottery.png": lottery_figure(run)}
     for key, name in (("final_test_accuracy", "accuracy.png"),
                       ("best_test_accuracy", "best_accuracy.png"),
                       ("early_stop_test_accuracy", "early_stop_accuracy.png")):
         if (fig := _accuracy_figure(run, key)) is not None:
-            out.append(plots.save(fig, os.path.join(directory, name)))
+            out[name] = fig
     groups = {"IMP ticket": run.rounds, **run.controls}
     series = {k: s for k, recs in groups.items()
               if (s := _series(recs, "early_stop_step")) is not None}
     if series:
-        out.append(plots.early_stop_vs_density(series, os.path.join(directory, "early_stop.png")))
+        out["early_stop.png"] = plots.density_figure(series, ylabel="Early-stop iteration")
     curves = {}
     for rec in run.rounds:
         steps = [c["step"] for c in rec["curve"]]
         mean, std = plots.mean_std([c["test_accuracy"] for c in rec["curve"]])
         curves[f"{100 * rec['density']:.1f}%"] = (
             steps, 100 * mean, None if std is None else 100 * std)
-    out.append(plots.curves(curves, os.path.join(directory, "curves.png")))
+    out["curves.png"] = plots.curve_figure(curves)
     return out
+
+
+def figures(run: RunData, directory: str) -> list[str]:
+    """Writes the PNGs of :func:`figure_set` into ``directory``; returns their paths."""
+    return [plots.save(fig, os.path.join(directory, name))
+            for name, fig in figure_set(run).items()]
 
 
 def _unfinished_note(directory: str) -> str | None:
