@@ -269,6 +269,10 @@ def test_bad_input_names_the_argument():
         pai_run.PaiConfig(controls=("shuffle", "random_reinit"))
     with pytest.raises(ValueError, match=r"^density:"):
         pai_run.PaiConfig(density=2.0)
+    with pytest.raises(ValueError, match=r"^save_every:"):
+        pai_run.PaiConfig(save_every=0)
+    with pytest.raises(ValueError, match=r"^save_interval:"):
+        pai_run.PaiConfig(save_interval=-1.0)
 
 
 def test_schedule_densities():
@@ -353,6 +357,7 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
     fresh = models.init(module, jax.random.fold_in(jax.random.key(0), 3), (40,))["params"]
     test = data.load("mnist1d", seed=0, validation=500).test
     assert len(spy.final) == 4
+    ckpt = ocp.StandardCheckpointer()
     for j, (name, r) in enumerate(saved["variants"].items()):
         assert r["density"] == round(0.05 * n) / n
         assert set(r["layer_densities"]) == {"Dense_0/kernel", "Dense_1/kernel",
@@ -360,7 +365,7 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
         assert [c["step"] for c in r["curve"]] == [0, 10, 20]
         assert r["early_stop_step"] in (0, 10, 20)
         assert isinstance(r["collapsed_layers"], list)
-        restored = ocp.StandardCheckpointer().restore(os.path.join(out, "masks", name))
+        restored = ckpt.restore(os.path.join(out, "variants", name, "mask"))
         assert sum(int(np.sum(m)) for m in kernels(restored)) == round(0.05 * n)
         assert {k: int(np.sum(restored[k]["kernel"])) / restored[k]["kernel"].size
                 for k in restored} == {k.split("/")[0]: v for k, v in
@@ -370,8 +375,11 @@ def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
         for w, m, got in zip(jax.tree.leaves(start), jax.tree.leaves(restored),
                              jax.tree.leaves(spy.start[j]), strict=True):
             np.testing.assert_array_equal(got, np.where(m, w, 0))
-        # the final params keep pruned weights at 0 and give the reported accuracy
-        final = spy.final[j]
+        # the stored final params are the trained ones, keep pruned weights at 0
+        # and give the reported accuracy
+        final = ckpt.restore(os.path.join(out, "variants", name, "final"))["params"]
+        for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(spy.final[j]), strict=True):
+            np.testing.assert_array_equal(a, b)
         for w, m in zip(jax.tree.leaves(final), jax.tree.leaves(restored), strict=True):
             assert np.all(w[~m] == 0)
         acc = np_accuracy(final, restored, test, residual=True)
@@ -436,7 +444,8 @@ def test_main_methods_exact_counts_and_reported_accuracy(tmp_path, monkeypatch, 
     assert rounds_seen == [rounds]
     want_counts = [half_up(n * density ** (k / rounds)) for k in range(1, rounds)]
     want_counts.append(half_up(n * density))
-    mask = ocp.StandardCheckpointer().restore(os.path.join(out, "masks", result["method"]))
+    mask = ocp.StandardCheckpointer().restore(
+        os.path.join(out, "variants", result["method"], "mask"))
     theta0 = models.init(models.build("mlp"), jax.random.key(0), (40,))["params"]
     w0 = {k: np.abs(np.asarray(theta0[k]["kernel"])) for k in MLP_N}
     if extra.get("prevent_collapse"):
@@ -463,7 +472,11 @@ def test_main_methods_exact_counts_and_reported_accuracy(tmp_path, monkeypatch, 
     if method == "random":  # i.i.d. scores: each layer near 0.1 (binomial, 5 sigma)
         for k, size in MLP_N.items():
             assert abs(mask[k]["kernel"].mean() - 0.1) < 5 * (0.09 / size) ** 0.5
-    (final,) = spy.final
+    assert len(spy.final) == 1  # one network, trained unstacked
+    final = ocp.StandardCheckpointer().restore(
+        os.path.join(out, "variants", result["method"], "final"))["params"]
+    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(spy.final[0]), strict=True):
+        np.testing.assert_array_equal(a, b)  # the stored weights are the trained ones
     for w, m in zip(jax.tree.leaves(final), jax.tree.leaves(mask), strict=True):
         assert np.all(w[~m] == 0)
     test = data.load("mnist1d", seed=0).test
@@ -493,8 +506,8 @@ def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsy
     ckpt = ocp.StandardCheckpointer()
     for name in ("snip", "shuffle"):
         a, b = one["variants"][name], two["variants"][name]
-        m1 = ckpt.restore(os.path.join(one_dir, "masks", name))
-        m2 = ckpt.restore(os.path.join(two_dir, "masks", name))
+        m1 = ckpt.restore(os.path.join(one_dir, "variants", name, "mask"))
+        m2 = ckpt.restore(os.path.join(two_dir, "variants", name, "mask"))
         for x, y in zip(jax.tree.leaves(m1), jax.tree.leaves(m2), strict=True):
             np.testing.assert_array_equal(x, y[0])  # replicate 0 = the single run
         assert not np.array_equal(m2["Dense_1"]["kernel"][0], m2["Dense_1"]["kernel"][1])
@@ -514,6 +527,6 @@ def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsy
         "snip", params=params1, density=0.05,
         loss_fn=scores.cross_entropy(lambda p, x: apply(p, {}, x, False)[0]),
         batches=batches)
-    got = ckpt.restore(os.path.join(two_dir, "masks", "snip"))
+    got = ckpt.restore(os.path.join(two_dir, "variants", "snip", "mask"))
     for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(np.asarray(x), y[1])

@@ -1,0 +1,229 @@
+"""``lotto pai`` killed and rerun, through the installed entry point.
+
+Every run is tiny (SNIP at density 0.2 on the ``mlp``, a 40-feature ``.npz`` whose
+labels are a linear function of the inputs, 40 steps, a checkpoint every 10) with
+the shuffle and reinit controls: three units trained in one stack. Each goes
+through :func:`_killrun.lotto`, which SIGKILLs the process at a named store item.
+The truth is an uninterrupted run of the same command (run A): every committed
+item bit for bit and every JSON record equal (:func:`_killrun.assert_same_run`);
+the engine's ``lotto: variants/NAME: ...`` lines are the evidence that finished
+work was reused and that training went on from a checkpoint. Run A's stored
+weights are checked against ``models.init`` and a numpy forward pass.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from _killrun import (
+    assert_killed,
+    assert_ok,
+    assert_same_run,
+    engine_lines,
+    items,
+    lotto,
+)
+from _numpy_ref import mlp_accuracy
+
+from lotto_jax import data, models
+from lotto_jax.runs.store import RunStore
+
+ARGS = ["--model", "mlp", "--method", "snip", "--density", "0.2", "--sample-per-class", "2",
+        "--steps", "40", "--eval-every", "10", "--batch-size", "32", "--validation", "64",
+        "--save-every", "10", "--lr", "0.01"]
+VARIANTS = ("snip", "shuffle", "reinit")
+STACK = " + ".join(f"variants/{v}" for v in VARIANTS)
+N_TEST = 256
+
+
+def shared_base(tmp_path_factory):
+    """A directory shared by this session's xdist workers: the dataset and the
+    persistent XLA cache of the resume tests."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    d = base / "resume"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def tiny_npz(base) -> str:
+    """``base/pai_tiny.npz`` (made once): 512 train and 256 test examples of 40
+    features, 10 classes given by ``argmax(x @ w)``: a problem the MLP learns."""
+    path = base / "pai_tiny.npz"
+    with open(base / "pai_npz.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            r = np.random.default_rng(1)
+            w = r.normal(size=(40, 10))
+            x_train, x_test = (r.normal(size=(n, 40)).astype(np.float32)
+                               for n in (512, N_TEST))
+            np.savez(base / "pai_tiny.tmp.npz", x_train=x_train,
+                     y_train=np.argmax(x_train @ w, 1), x_test=x_test,
+                     y_test=np.argmax(x_test @ w, 1))
+            os.replace(base / "pai_tiny.tmp.npz", path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """``(run(out, *extra, **kill), the npz spec)``."""
+    base = shared_base(tmp_path_factory)
+    spec = f"npz:{tiny_npz(base)}"
+
+    def run(out, *extra, controls=VARIANTS[1:], **kill):
+        return lotto(["pai", "--dataset", spec, *ARGS, "--controls", *controls, *extra,
+                      "--out", out], cache_dir=base / "xla_cache", **kill)
+
+    return run, spec
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    """The uninterrupted run A."""
+    run, _ = env
+    d = tmp_path_factory.mktemp("pai_ref") / "a"
+    r = run(d)
+    assert_ok(r)
+    assert decisions(r) == [f"{STACK}: training from step 0"]  # one stack
+    return d
+
+
+def decisions(proc):
+    """The engine's lines (not the lock's takeover notes)."""
+    return [line for line in engine_lines(proc) if not line.startswith("note: ")]
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_killed_at_every_stage_ends_as_the_uninterrupted_run(env, reference, tmp_path):
+    """Killed (1) right after the stack's first checkpoint, (2) inside the shuffle
+    control's checkpoint write at step 30 (between the units of the stack: snip
+    has committed step 30), (3) after the method's final (the others have none),
+    (4) after the last final, before any metrics marker; each rerun goes on from
+    the stack's latest common checkpoint, and the last one commits from the stored
+    finals without training. The end equals run A bit for bit."""
+    run, _ = env
+    d = tmp_path / "b"
+    assert_killed(run(d, kill_after="variants/reinit/checkpoints/step_00000010"))
+    assert "variants/snip/checkpoints/step_00000010" in items(d)
+    dead = load_json(d / ".lock")["pid"]  # a killed run leaves its lock
+
+    r = run(d, kill_in="variants/shuffle/checkpoints/step_00000030")
+    assert_killed(r)
+    assert f"took over the lock of pid {dead}" in r.stderr  # a dead holder
+    assert decisions(r) == [f"{STACK}: training from step 10"]
+    assert {"variants/snip/checkpoints/step_00000030",
+            "variants/shuffle/checkpoints/step_00000020"} <= set(items(d))
+    assert "variants/shuffle/checkpoints/step_00000030" not in items(d)  # partial
+
+    r = run(d, kill_after="variants/snip/final")
+    assert_killed(r)
+    assert decisions(r) == [f"{STACK}: training from step 20"]
+
+    r = run(d, kill_after="variants/reinit/final")  # one final is not a finished stack
+    assert_killed(r)
+    assert decisions(r) == [f"{STACK}: training from step 30"]
+    assert not any(os.path.exists(d / "variants" / v / "metrics.json") for v in VARIANTS)
+
+    r = run(d)
+    assert_ok(r)
+    assert decisions(r) == [f"variants/{v}: completed from its stored final"
+                               for v in VARIANTS]
+    assert_same_run(str(reference), str(d))
+    assert not (d / ".lock").exists()
+
+    r = run(d)  # a finished run trains nothing
+    assert_ok(r)
+    assert decisions(r) == [f"variants/{v}: finished, kept" for v in VARIANTS]
+    assert_same_run(str(reference), str(d))
+
+
+def test_a_control_added_to_a_finished_run_trains_alone(env, reference, tmp_path):
+    run, _ = env
+    d = tmp_path / "c"
+    shutil.copytree(reference, d)
+    r = run(d, controls=(*VARIANTS[1:], "invert"))
+    assert_ok(r)
+    assert decisions(r) == [*(f"variants/{v}: finished, kept" for v in VARIANTS),
+                               "variants/invert: training from step 0"]
+    for v in VARIANTS:  # the finished variants' files are untouched
+        for root, _, files in os.walk(reference / "variants" / v):
+            for name in files:
+                a = os.path.join(root, name)
+                b = os.path.join(d, os.path.relpath(a, reference))
+                with open(a, "rb") as f, open(b, "rb") as g:
+                    assert f.read() == g.read(), b
+    old, new = load_json(reference / "results.json"), load_json(d / "results.json")
+    assert list(new["variants"]) == [*VARIANTS, "invert"]
+    assert {k: new["variants"][k] for k in VARIANTS} == old["variants"]
+    assert new["variants"]["invert"] == load_json(d / "variants/invert/metrics.json")
+    assert {"variants/invert/mask", "variants/invert/final"} <= set(items(d))
+
+
+def test_stored_weights_are_models_init_and_give_the_recorded_accuracy(env, reference):
+    """Truths: θ0 and the reinit control's weights are ``models.init`` with
+    ``key(0)`` and ``fold_in(key(0), 3)``; every mask keeps round(0.2 N) of the
+    N kernel weights (shuffle: the method's count per layer; reinit: the method's
+    mask); each trained ``final`` (restored with plain orbax) is zero where its
+    mask is, and a numpy forward pass of it gives the recorded test accuracy."""
+    _, spec = env
+    ckpt = ocp.StandardCheckpointer()
+    load = lambda item: ckpt.restore(os.path.abspath(reference / item))  # noqa: E731
+    module = models.build("mlp", num_classes=10)
+    for item, key in (("init", jax.random.key(0)),
+                      ("variants/reinit/init", jax.random.fold_in(jax.random.key(0), 3))):
+        want = models.init(module, key, (40,))
+        got = load(item)
+        assert got["model_state"] == {}
+        for a, b in zip(jax.tree.leaves(want["params"]), jax.tree.leaves(got["params"]),
+                        strict=True):
+            np.testing.assert_array_equal(np.asarray(a), b, err_msg=item)
+    test = data.load(spec, seed=0, validation=64).test
+    results = load_json(reference / "results.json")
+    assert (results["method"], results["density"], results["replicates"]) == ("snip", 0.2, 1)
+    mask = {v: load(f"variants/{v}/mask") for v in VARIANTS}
+    kernels = {k: mask["snip"][k]["kernel"] for k in mask["snip"]}
+    n = sum(k.size for k in kernels.values())
+    assert sum(int(k.sum()) for k in kernels.values()) == int(np.floor(0.2 * n + 0.5))
+    for k in kernels:
+        assert mask["shuffle"][k]["kernel"].sum() == kernels[k].sum()
+        assert mask["shuffle"][k]["bias"].all()
+    for a, b in zip(jax.tree.leaves(mask["reinit"]), jax.tree.leaves(mask["snip"]),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    for v in VARIANTS:
+        rec = load_json(reference / "variants" / v / "metrics.json")
+        assert results["variants"][v] == rec
+        assert rec["control"] == (None if v == "snip" else v)
+        assert rec["density"] == pytest.approx(int(np.floor(0.2 * n + 0.5)) / n)
+        final = load(f"variants/{v}/final")["params"]
+        for w, m in zip(jax.tree.leaves(final), jax.tree.leaves(mask[v]), strict=True):
+            assert np.all(w[~m] == 0)
+        acc = mlp_accuracy(final, test)
+        assert acc == pytest.approx(rec["final_test_accuracy"], abs=1 / N_TEST + 1e-9)
+        assert rec["curve"][-1]["test_accuracy"] == rec["final_test_accuracy"]
+    assert results["variants"]["snip"]["final_test_accuracy"] > 0.3  # it learned
+
+
+def test_a_second_writer_is_refused(env, tmp_path):
+    run, _ = env
+    d = tmp_path / "locked"
+    with RunStore.open(str(d)):  # this process writes the directory
+        r = run(d)
+    assert r.returncode == 2, r.stderr[-3000:]
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("lotto: error: ") and "Traceback" not in r.stderr
+    assert f"pid {os.getpid()}" in line and f"host {socket.gethostname()}" in line
+    assert not os.path.exists(d / "config.json")
