@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from lotto_jax._supermask_core import (
+from lotto_jax._supermask_ops import (
     _OTHER,
     _check_keep,
     _choice,
