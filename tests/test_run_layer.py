@@ -246,10 +246,65 @@ def test_repair_plan_of_a_corrupt_control_and_mask():
         assert names(directory, "init") == ["init"]
 
 
+def pai_args(shared, out):
+    return ["pai", "--dataset", f"npz:{shared / 'tiny.npz'}", *TINY, "--method", "magnitude",
+            "--density", "0.5", "--controls", "shuffle", "reinit", "--save-every", "10",
+            "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def pai_reference(shared, tmp_path_factory):
+    """An uninterrupted PaI run with two controls (its three variants in one stack)."""
+    ref = tmp_path_factory.mktemp("pai") / "ref"
+    assert cli.main([str(a) for a in pai_args(shared, ref)]) == 0
+    return ref
+
+
+def test_repair_of_a_pai_run_recomputes_the_stack(shared, pai_reference, tmp_path, capsys):
+    """A PaI run trains its three variants in one stack. A corrupt final of one
+    finished variant, then a corrupt step-10 checkpoint of a killed run: --repair
+    discards the stack's units (or that step of each), and the rerun equals the
+    uninterrupted run bit for bit (retraining one variant alone would not: a
+    vmapped stack of three rounds differently)."""
+    from _killrun import assert_killed, engine_lines
+    from _killrun import assert_same_run as same_run
+    from _killrun import lotto as lotto_killed
+
+    ref = pai_reference
+    d = copy_of(ref, tmp_path, "final")
+    victim = data_file(d / "variants" / "shuffle" / "final")
+    victim.write_bytes(victim.read_bytes()[:3])
+    status, out, err = run_in_process(capsys, *pai_args(shared, d), "--repair")
+    assert status == 0, err
+    listed = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert [line.split(":")[0] for line in listed[:4]] == [
+        "variants/shuffle", "variants/reinit", "variants/magnitude", "results.json"]
+    assert str(victim) in listed[0]
+    assert "one stack with variants/shuffle" in listed[1]
+    assert "variants/magnitude + variants/shuffle + variants/reinit: training from step 0" in err
+    same_run(str(d), str(ref))
+
+    d = tmp_path / "ckpt"
+    killed = lotto_killed(pai_args(shared, d), cache_dir=shared,
+                          kill_after="variants/reinit/checkpoints/step_00000010")
+    assert_killed(killed)
+    victim = data_file(d / "variants" / "shuffle" / "checkpoints" / "step_00000010")
+    victim.write_bytes(victim.read_bytes()[:3])
+    status, out, err = run_in_process(capsys, *pai_args(shared, d), "--repair")
+    assert status == 0, err
+    listed = [line.strip() for line in out.splitlines() if line.startswith("  ")][:3]
+    assert [line.split(":")[0] for line in listed] == [
+        f"variants/{v}/checkpoints/step_00000010" for v in ("shuffle", "reinit", "magnitude")]
+    assert "the same step of variants/shuffle's stack" in listed[1]
+    assert "variants/magnitude + variants/shuffle + variants/reinit: training from step 0" in err
+    assert engine_lines(killed)[-1].endswith("training from step 0")
+    same_run(str(d), str(ref))
+
+
 # ------------------------------------------------------------------ lotto ls
 
 
-def test_lotto_ls(shared, reference, tmp_path, capsys):
+def test_lotto_ls(shared, reference, pai_reference, tmp_path, capsys):
     runs = tmp_path / "runs"
     copy_of(reference, runs, "done")
     partial = copy_of(reference, runs, "sub/partial")  # killed before round 2 finished
@@ -258,10 +313,7 @@ def test_lotto_ls(shared, reference, tmp_path, capsys):
     corrupt = copy_of(reference, runs, "corrupt")
     victim = data_file(corrupt / "round_001" / "mask")
     victim.write_bytes(victim.read_bytes()[:-1])
-    status, _, err = run_in_process(
-        capsys, "pai", "--dataset", f"npz:{shared / 'tiny.npz'}", *TINY, "--method",
-        "magnitude", "--density", "0.5", "--out", runs / "pai")
-    assert status == 0, err
+    copy_of(pai_reference, runs, "pai")
     (runs / "notes").mkdir()  # not a run
     records = copy_of(reference, runs, "records")  # configs and metrics kept, as in git
     for manifest in records.rglob("*.manifest.json"):
@@ -281,7 +333,7 @@ def test_lotto_ls(shared, reference, tmp_path, capsys):
     assert rows["corrupt"].split()[1:3] == ["imp", "corrupt"]
     assert rows["records"].split()[1:3] == ["imp", "done"]
     assert rows["records"].endswith("records only: no checkpoints")
-    assert rows["pai"].split()[1:5] == ["pai", "done", "units", "1/1"]
+    assert rows["pai"].split()[1:5] == ["pai", "done", "units", "3/3"]
     assert f"{100 * pai['best_test_accuracy']:.2f}% @ 50%" in rows["pai"]
     # the corrupt run's file and the way out
     (tail,) = [line for line in out.splitlines() if line.startswith("corrupt: corrupt")]

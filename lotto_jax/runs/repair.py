@@ -243,8 +243,10 @@ def _plan_units(directory: str, problems: list[Problem], kind: str) -> dict[str,
             units.setdefault(unit, reason)
     present = layout.unit_dirs(directory, kind)
     for item in everything:
-        items[item] += (f"; every unit depends on it: all {len(present)} units are "
-                        "recomputed")
+        n = len(present)
+        items[item] += ("; every unit depends on it: "
+                        + (f"all {n} units are" if n != 1 else "its one unit is")
+                        + " recomputed")
         for unit in present:
             units.setdefault(unit, f"depends on {item} (corrupt)")
     out = {u: Discard(u, r, True) for u, r in units.items()}
