@@ -308,7 +308,7 @@ class Engine:
             stack = self.store.meta(_step_item(u.prefix, have[-1])).get("stack", [u.prefix])
             peers = [p for p in stack if p in steps]
             common = [t for t in have if all(t in steps[p] for p in peers)]
-            chosen.append(common[-1] if common else have[-1])
+            chosen.append(common[-1] if common else None)  # no shared step: the stack restarts together
         return chosen
 
     def resume_point(self, u: Unit, step: int | None):
