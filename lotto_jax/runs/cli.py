@@ -19,18 +19,14 @@ import contextlib
 import dataclasses
 import importlib
 import inspect
-import json
 import os
 import re
 import sys
 from typing import Any
 
-import numpy as np
 import tyro
 
-from lotto_jax.runs.common import RunConfig, write_config
-
-__all__ = ["COMMANDS", "CommandImportError", "TrainCommand", "main", "run", "train_main"]
+__all__ = ["COMMANDS", "CommandImportError", "main", "run"]
 
 
 # name -> (module, config class, main function); modules are imported on use.
