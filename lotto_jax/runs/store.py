@@ -8,30 +8,8 @@ weights and its metrics. Pytrees are written with orbax's ``StandardCheckpointHa
 rewind point or a ticket with plain orbax; records are JSON. Nothing goes through
 pickle.
 
-Layout of an IMP run directory (:mod:`lotto_jax.imp`)::
-
-  RUN/
-    .lock                        {pid, host, started} of the one process writing the
-                                 run (while it runs; see below)
-    config.json                  the resolved driver config (a changed one is refused)
-    driver.json                  run_imp's own arguments (fraction, scope, rewind, keys)
-    init/                        θ0: {"params", "model_state"}
-    rewind/                      θK of weight rewinding "step:K": {"params",
-                                 "model_state"}; pinned (outside any step series, so
-                                 never garbage-collected)
-    round_000/                   round r = training under mask_r (round 0 is dense)
-      mask/                      mask_r: a boolean pytree like params
-      checkpoints/step_00000040/ the latest mid-round TrainState (while unfinished)
-      final/                     θT of the round: {"params", "model_state"}
-      metrics.json               written last: the round is finished iff it exists
-    round_001/ ...
-    controls/
-      reinit/round_001/          a control of round r >= 1, laid out like a round;
-        init/                    reinit only: the fresh initial weights it drew
-        mask/  final/  metrics.json
-      shuffle/round_001/ ...
-      random/round_001/ ...
-    figures/                     PNGs written by ``lotto report``
+The layout of an IMP run directory is in :mod:`lotto_jax.runs.imp_loop`; every command
+lays its units out the same way (:mod:`lotto_jax.runs.engine`).
 
 Each orbax directory ``X/`` comes with ``X.manifest.json``, its commit record: the
 size and SHA-256 of every file orbax wrote, plus small metadata (e.g. the curve so far
@@ -86,6 +64,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from lotto_jax.runs import lock as _runlock
+from lotto_jax.runs.jsonio import (  # noqa: F401  (re-exported)
+    _flatten,
+    _json_default,
+    _jsonable,
+    config_diff,
+    write_json_atomic,
+)
 from lotto_jax.runs.lock import RunLockedError
 
 __all__ = [
@@ -120,73 +105,6 @@ def round_name(round: int, control: str | None = None) -> str:
     """
     name = f"round_{int(round):03d}"
     return name if control is None else f"controls/{control}/{name}"
-
-
-def _jsonable(obj: Any) -> Any:
-    """A JSON-ready copy: tuples to lists, numpy scalars and arrays to Python."""
-    return json.loads(json.dumps(obj, default=_json_default))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray | jax.Array):
-        return np.asarray(obj).tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, tuple | set | frozenset):
-        return list(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} {obj!r} as JSON")
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, Mapping):
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        if not d and prefix:
-            out[prefix[:-1]] = {}
-        return out
-    return {prefix[:-1]: d}
-
-
-def config_diff(old: Mapping, new: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
-    """The differing fields of two nested configs as ``'dotted.name: old -> new'``.
-
-    Args:
-      old: the stored config (nested dicts).
-      new: the requested config.
-      ignore: dotted names (or prefixes of them) allowed to differ.
-
-    Returns:
-      One line per differing field, sorted; ``<absent>`` marks a missing field.
-
-    Examples:
-      >>> config_diff({"train": {"lr": 0.1}, "rounds": 2}, {"train": {"lr": 0.2}, "rounds": 3},
-      ...             ignore=("rounds",))
-      ['train.lr: 0.1 -> 0.2']
-    """
-    a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
-    skip = tuple(ignore)
-
-    def ignored(name: str) -> bool:
-        return any(name == s or name.startswith(s + ".") for s in skip)
-
-    absent = "<absent>"
-    return [
-        f"{k}: {json.dumps(a.get(k, absent))} -> {json.dumps(b.get(k, absent))}"
-        .replace('"<absent>"', absent)
-        for k in sorted(set(a) | set(b))
-        if not ignored(k) and a.get(k, absent) != b.get(k, absent)
-    ]
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` via a temp file and ``os.replace``."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: str) -> Any:
