@@ -1,0 +1,144 @@
+"""``lotto supermask`` killed and rerun, through the installed entry point.
+
+Every run is tiny (edge-popup in the ``mlp`` on a 40-feature ``.npz`` whose labels
+are a linear function of the inputs, 50 steps, a checkpoint every 10) and goes
+through :func:`_killrun.lotto`, which SIGKILLs the process at a named store item.
+The truth is an uninterrupted run of the same command: every committed item bit for
+bit and every JSON record equal (:func:`_killrun.assert_same_run`); the engine's
+``lotto: search: ...`` lines are the evidence that finished work was reused and that
+the search went on from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+import numpy as np
+import pytest
+from _killrun import (
+    assert_killed,
+    assert_ok,
+    assert_same_run,
+    engine_lines,
+    items,
+    lotto,
+)
+
+ARGS = ["--model", "mlp", "--steps", "50", "--eval-every", "10", "--batch-size", "32",
+        "--save-every", "10"]
+EXPORTS = ["export/mask", "export/scores", "export/weights"]
+
+
+def _base(tmp_path_factory):
+    """A directory shared by this session's xdist workers (dataset, XLA cache)."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    d = base / "resume"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def _npz(base) -> str:
+    """``base/supermask.npz`` (made once): 256 train and 128 test examples of 40
+    features, 10 classes given by ``argmax(x @ w)``."""
+    path = base / "supermask.npz"
+    with open(base / "supermask.npz.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            r = np.random.default_rng(1)
+            w = r.normal(size=(40, 10))
+            x_train, x_test = (r.normal(size=(n, 40)).astype(np.float32) for n in (256, 128))
+            np.savez(base / "supermask.tmp.npz", x_train=x_train,
+                     y_train=np.argmax(x_train @ w, 1), x_test=x_test,
+                     y_test=np.argmax(x_test @ w, 1))
+            os.replace(base / "supermask.tmp.npz", path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """``run(out, *extra_flags, kill_after=, kill_in=)``: one ``lotto supermask``."""
+    base = _base(tmp_path_factory)
+    spec = f"npz:{_npz(base)}"
+
+    def run(out, *extra, **kill):
+        return lotto(["supermask", "--dataset", spec, *ARGS, *extra, "--out", out],
+                     cache_dir=base / "xla_cache", **kill)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(run, tmp_path_factory):
+    """The uninterrupted run A."""
+    d = tmp_path_factory.mktemp("supermask_ref") / "a"
+    assert_ok(run(d))
+    return d
+
+
+def _lines(proc) -> list[str]:
+    """The engine's decisions about the unit ``search`` (not the lock's notes)."""
+    return [line for line in engine_lines(proc) if line.startswith("search: ")]
+
+
+def test_reference_layout(reference):
+    """The store's items once finished: start point, final, exports (no checkpoint)."""
+    assert items(reference) == sorted(["search/init", "search/final", *EXPORTS])
+    for record in ("config.json", "search/metrics.json", "results.json"):
+        assert (reference / record).is_file()
+
+
+def test_killed_at_each_stage_in_turn_ends_as_the_uninterrupted_run(run, reference,
+                                                                     tmp_path):
+    """One directory killed at every stage in turn, each rerun going on from what
+    the last one left: after the first mid-search checkpoint (step 10); inside the
+    write of step 30 (orbax done, no manifest: debris, never loaded, so step 20
+    is the resume point); after ``search/final`` before its ``metrics.json``
+    marker; after the first export. Then it equals run A, and a rerun of the
+    finished run trains nothing and touches no file."""
+    d = tmp_path / "b"
+    assert_killed(run(d, kill_after="search/checkpoints/step_"))
+    assert items(d) == ["search/checkpoints/step_00000010", "search/init"]
+
+    proc = run(d, kill_in="search/checkpoints/step_00000030")
+    assert_killed(proc)
+    assert _lines(proc) == ["search: training from step 10"]
+    assert items(d) == ["search/checkpoints/step_00000020", "search/init"]
+    assert (d / "search/checkpoints/step_00000030").is_dir()  # the partial write
+
+    proc = run(d, kill_after="search/final")
+    assert_killed(proc)
+    assert _lines(proc) == ["search: training from step 20"]
+    assert not (d / "search/metrics.json").exists()
+
+    proc = run(d, kill_after="export/mask")
+    assert_killed(proc)
+    assert _lines(proc) == ["search: completed from its stored final"]
+    assert items(d) == ["export/mask", "search/final", "search/init"]
+    assert not (d / "results.json").exists()
+
+    proc = run(d)
+    assert_ok(proc)
+    assert _lines(proc) == ["search: finished, kept"]
+    assert_same_run(reference, d)
+
+    before = {p: os.stat(p).st_mtime_ns for p in d.rglob("*")}
+    proc = run(d)
+    assert_ok(proc)
+    assert _lines(proc) == ["search: finished, kept"]
+    assert {p: os.stat(p).st_mtime_ns for p in d.rglob("*")} == before
+
+
+def test_bernoulli_replicates_killed_mid_search_resume(run, tmp_path):
+    """Two Bernoulli replicates stacked in one unit (their sample keys ride in the
+    stored search state), killed after the checkpoint of step 20."""
+    flags = ["--method", "bernoulli", "--replicates", "2", "--eval-samples", "2"]
+    ref, d = tmp_path / "ref", tmp_path / "f"
+    assert_ok(run(ref, *flags))
+    assert_killed(run(d, *flags, kill_after="search/checkpoints/step_00000020"))
+    proc = run(d, *flags)
+    assert_ok(proc)
+    assert _lines(proc) == ["search: training from step 20"]
+    assert_same_run(ref, d)
