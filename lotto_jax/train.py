@@ -15,9 +15,11 @@ The pieces, from the inside out:
   data on device and the batch indices computed from ``(key, step)``
   (:func:`lotto_jax.data.batch_indices`), so the host is out of the inner loop.
 * :func:`fit`: the loop: chunks between evaluations on validation and test, the
-  curve, the early-stop iteration, a progress bar, JSON lines, a callback for
-  checkpoints. With ``replicates=True`` every argument carries a leading replicate
-  axis and each chunk trains all replicates in one vmapped step.
+  curve, the early-stop iteration, and a callback after each evaluation for
+  checkpoints, logs and progress bars (the run layer's: nothing here prints or
+  writes files, see :mod:`lotto_jax.runs.progress`). With ``replicates=True`` every
+  argument carries a leading replicate axis and each chunk trains all replicates in
+  one vmapped step.
 
 The mask is an ordinary traced argument everywhere: a new mask never recompiles.
 
@@ -28,8 +30,6 @@ in ``lotto_jax._train_config``, :class:`Trainer` and :func:`make_trainer` in
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -142,9 +142,6 @@ def fit(
     replicates: bool = False,
     history: Sequence[EvalRecord] = (),
     callback: Callable[[TrainState, EvalRecord], None] | None = None,
-    metrics_path: str | None = None,
-    progress: bool | None = None,
-    description: str = "train",
 ) -> tuple[TrainState, FitResult]:
     """Trains ``state`` under ``mask`` from ``state.step`` to ``config.steps``.
 
@@ -168,10 +165,7 @@ def fit(
       history: evaluation records from before a resume, kept at the front of the
         curve.
       callback: called as ``callback(state, record)`` after each evaluation (e.g.
-        to checkpoint).
-      metrics_path: if given, each record is appended there as a JSON line.
-      progress: show a progress bar; default: only when stderr is a terminal.
-      description: the progress bar's label.
+        to checkpoint, log or draw progress: :mod:`lotto_jax.runs.progress`).
 
     Returns:
       ``(final_state, FitResult)``.
@@ -207,31 +201,23 @@ def fit(
             lr=lr,
         )
         curve.append(rec)
-        if metrics_path:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(_jsonable(rec._asdict())) + "\n")
         if callback is not None:
             callback(st, rec)
-        return rec
 
     stop = c.steps if until is None else min(int(until), c.steps)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = _Progress(show, description, total=c.steps, done=first)
-    with bar:
-        if first == 0 and not any(r.step == 0 for r in curve):
-            record(state, None)
-        step = first
-        while step < stop:
-            next_eval = min((step // c.eval_every + 1) * c.eval_every, stop)
-            train_loss = None
-            while step < next_eval:
-                state, train_loss = trainer.train_chunk(
-                    state, mask, data_key, x_train, y_train,
-                    hold_lr=hold_lr, until=next_eval, replicates=replicates,
-                )
-                step = int(np.max(np.asarray(state.step)))
-            rec = record(state, train_loss)
-            bar.update(step, rec)
+    if first == 0 and not any(r.step == 0 for r in curve):
+        record(state, None)
+    step = first
+    while step < stop:
+        next_eval = min((step // c.eval_every + 1) * c.eval_every, stop)
+        train_loss = None
+        while step < next_eval:
+            state, train_loss = trainer.train_chunk(
+                state, mask, data_key, x_train, y_train,
+                hold_lr=hold_lr, until=next_eval, replicates=replicates,
+            )
+            step = int(np.max(np.asarray(state.step)))
+        record(state, train_loss)
     return state, summarize(curve)
 
 
@@ -259,48 +245,3 @@ def summarize(curve: Sequence[EvalRecord]) -> FitResult:
         early_stop_test_accuracy=es_acc,
         best_test_accuracy=scalar(best),
     )
-
-
-def _jsonable(d: dict) -> dict:
-    return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in d.items()}
-
-
-class _Progress:
-    """A rich progress bar with loss, accuracy and ETA; silent when disabled."""
-
-    def __init__(self, enabled: bool, description: str, *, total: int, done: int):
-        self.enabled = enabled
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self._p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._task = self._p.add_task(description, total=total, completed=done, info="")
-
-    def __enter__(self):
-        if self.enabled:
-            self._p.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.enabled:
-            self._p.__exit__(*exc)
-
-    def update(self, step: int, rec: EvalRecord):
-        if not self.enabled:
-            return
-        mean = lambda v: float(np.mean(v))  # noqa: E731
-        info = f"loss {mean(rec.train_loss):.4f}  test acc {100 * mean(rec.test_accuracy):.2f}%"
-        self._p.update(self._task, completed=step, info=info)

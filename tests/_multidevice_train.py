@@ -104,7 +104,7 @@ for spec, fsdp in [(None, False), ("data=8", False), ("data=4,model=2", True)]:
             assert m.sharding.is_equivalent_to(p.sharding, p.ndim), (m.sharding, p.sharding)
         mk = sharding.place(mask, sharding.param_shardings(p0, mesh, fsdp=fsdp))
     n0 = len(traces)
-    st, res = train.fit(tr, st, mk, ds, data_key=jax.random.key(1), progress=False)
+    st, res = train.fit(tr, st, mk, ds, data_key=jax.random.key(1))
     # one trace of the train chunk and one of evaluate for the whole fit
     assert len(traces) - n0 == 2, len(traces) - n0
     results[spec] = st

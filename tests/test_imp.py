@@ -201,10 +201,9 @@ def test_rewind_to_step_k(setup, tmp_path):
     # θK by our own dense run from θ0 to step 10.
     dense = masks.init(params0)
     state, _ = train.fit(trainer, trainer.init(host(params0)), dense, dataset,
-                         data_key=jax.random.key(1), until=10, progress=False)
+                         data_key=jax.random.key(1), until=10)
     theta_k = host(state.params)
-    state, _ = train.fit(trainer, state, dense, dataset, data_key=jax.random.key(1),
-                         progress=False)
+    state, _ = train.fit(trainer, state, dense, dataset, data_key=jax.random.key(1))
     theta_t0 = host(state.params)
     # round 0: paused at K, then finished: the same trajectory as one dense run
     r0 = spy.trained("round 0/")

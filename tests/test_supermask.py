@@ -333,7 +333,6 @@ def test_fit_trains_scores_only(method, mnist1d):
     trainer = train.make_trainer(search, config, num_train=mnist1d.train.x.shape[0])
     final, result = train.fit(
         trainer, trainer.init(s, state), _ones(s), mnist1d, data_key=jax.random.key(0),
-        progress=False,
     )
     _assert_only_scores_changed(w0, s0, final)
     assert int(final.model_state.count) == 12
@@ -350,7 +349,7 @@ def test_edge_popup_beats_chance_on_mnist1d(mnist1d):
     trainer = train.make_trainer(search, config, num_train=mnist1d.train.x.shape[0])
     final, result = train.fit(
         trainer, trainer.init(s, init_state(w)), _ones(s), mnist1d,
-        data_key=jax.random.key(0), progress=False,
+        data_key=jax.random.key(0),
     )
     _assert_only_scores_changed(w0, s0, final)
     assert result.curve[0].test_accuracy < 0.2
@@ -373,13 +372,13 @@ def test_vmap_over_seeds_equals_sequential(mnist1d):
         st_copy = jax.tree.map(jnp.copy, st)
         final, _ = train.fit(
             trainer, trainer.init(jax.tree.map(jnp.copy, s), st_copy), _ones(s), mnist1d,
-            data_key=data_keys[i], progress=False,
+            data_key=data_keys[i],
         )
         sequential.append(final)
     vstate = jax.vmap(trainer.init)(*stacked)
     vfinal, vresult = train.fit(
         trainer, vstate, jax.tree.map(lambda s: jnp.ones(s.shape, bool), stacked[0]),
-        mnist1d, data_key=data_keys, replicates=True, progress=False,
+        mnist1d, data_key=data_keys, replicates=True,
     )
     for i, final in enumerate(sequential):
         for a, b in zip(jax.tree.leaves(final.params), jax.tree.leaves(vfinal.params),

@@ -151,7 +151,7 @@ def test_training_reduces_loss_and_learns():
     ds, params, ms, trainer = _setup(cfg)
     state, result = train.fit(
         trainer, trainer.init(params, ms), masks.init(params), ds,
-        data_key=jax.random.key(0), progress=False,
+        data_key=jax.random.key(0),
     )
     losses = [r.test_loss for r in result.curve]
     assert losses[-1] < 0.5 * losses[0]
@@ -177,7 +177,7 @@ def test_pruned_weights_stay_zero_and_one_trace_across_masks():
             mask = prune.to_density(scores.magnitude(params), mask, density)
         state, _ = train.fit(
             trainer, trainer.init(params, ms), mask, ds,
-            data_key=jax.random.key(0), progress=False,
+            data_key=jax.random.key(0),
         )
         for p, m in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask), strict=True):
             assert np.all(np.asarray(p)[~np.asarray(m)] == 0)
@@ -192,13 +192,13 @@ def test_resume_with_until_is_bit_identical():
     ds, params, ms, trainer = _setup(cfg)
     mask = masks.init(params)
     key = jax.random.key(7)
-    full, _full_res = train.fit(trainer, trainer.init(params, ms), mask, ds, data_key=key, progress=False)
+    full, _full_res = train.fit(trainer, trainer.init(params, ms), mask, ds, data_key=key)
     half, half_res = train.fit(
-        trainer, trainer.init(params, ms), mask, ds, data_key=key, until=30, progress=False
+        trainer, trainer.init(params, ms), mask, ds, data_key=key, until=30
     )
     assert int(half.step) == 30 and [r.step for r in half_res.curve] == [0, 20, 30]
     resumed, res = train.fit(
-        trainer, half, mask, ds, data_key=key, history=half_res.curve, progress=False
+        trainer, half, mask, ds, data_key=key, history=half_res.curve
     )
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -213,14 +213,14 @@ def test_hold_lr_trains_at_the_final_rate():
     held_lr = float(trainer.lr_fn(30))
     held, res = train.fit(
         trainer, trainer.init(params, ms), masks.init(params), ds,
-        data_key=jax.random.key(0), hold_lr=30, progress=False,
+        data_key=jax.random.key(0), hold_lr=30,
     )
     assert all(r.lr == pytest.approx(held_lr) for r in res.curve)
     const_cfg = dataclasses.replace(cfg, schedule="constant", lr=held_lr)
     _, _, _, const_trainer = _setup(const_cfg)
     const, _ = train.fit(
         const_trainer, const_trainer.init(params, ms), masks.init(params), ds,
-        data_key=jax.random.key(0), progress=False,
+        data_key=jax.random.key(0),
     )
     for a, b in zip(jax.tree.leaves(held.params), jax.tree.leaves(const.params), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
@@ -235,7 +235,7 @@ def test_step_k_rewind_resumes_schedule_and_data_order():
     mask = masks.init(params)
     key = jax.random.key(1)
     rewound, _ = train.fit(trainer, trainer.init(params, ms, step=20), mask, ds,
-                           data_key=key, progress=False)
+                           data_key=key)
     # plain SGD by hand from step 20 with the same batches and rates
     apply_fn = train.classifier(_MLP())
     p = params
@@ -272,7 +272,7 @@ def test_batchnorm_running_stats_follow_the_ema_of_the_batches_used():
                                              (st.params, st.model_state["batch_stats"]))))
 
     state, result = train.fit(trainer, trainer.init(params, ms), masks.init(params), ds,
-                              data_key=key, callback=record, progress=False)
+                              data_key=key, callback=record)
     assert [s for s, _, _ in seen] == list(range(steps + 1))
     mean, var = np.zeros(16), np.ones(16)
     np.testing.assert_array_equal(seen[0][2]["BatchNorm_0"]["mean"], mean)
@@ -314,14 +314,14 @@ def test_replicates_match_sequential_runs():
     keys = [jax.random.key(10), jax.random.key(11)]
     mask = masks.init(runs[0][1])
     seq = [
-        train.fit(trainer, trainer.init(p, ms), mask, ds, data_key=k, progress=False)
+        train.fit(trainer, trainer.init(p, ms), mask, ds, data_key=k)
         for (_, p, ms, _), k in zip(runs, keys, strict=True)
     ]
     stack = lambda *xs: jnp.stack(xs)  # noqa: E731
     state = jax.tree.map(stack, *[trainer.init(p, ms) for _, p, ms, _ in runs])
     vm_state, vm_res = train.fit(
         trainer, state, jax.tree.map(stack, mask, mask), ds,
-        data_key=jnp.stack(keys), replicates=True, progress=False,
+        data_key=jnp.stack(keys), replicates=True,
     )
     for i, (s, res) in enumerate(seq):
         for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(vm_state.params), strict=True):
@@ -335,17 +335,6 @@ def test_early_stop_is_minimum_validation_loss():
     res = train.summarize([rec(0, 2.0, 0.1), rec(10, 0.5, 0.8), rec(20, 0.7, 0.9)])
     assert (res.early_stop_step, res.early_stop_test_accuracy) == (10, 0.8)
     assert (res.final_test_accuracy, res.best_test_accuracy) == (0.9, 0.9)
-
-
-def test_metrics_are_written_as_json_lines(tmp_path):
-    cfg = train.TrainConfig(steps=20, batch_size=32, eval_every=10)
-    ds, params, ms, trainer = _setup(cfg)
-    path = tmp_path / "m.jsonl"
-    train.fit(trainer, trainer.init(params, ms), masks.init(params), ds,
-              data_key=jax.random.key(0), metrics_path=str(path), progress=False)
-    lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["step"] for r in lines] == [0, 10, 20]
-    assert set(lines[0]) == set(train.EvalRecord._fields)
 
 
 # ------------------------------------------------------------------------- CLI

@@ -39,6 +39,7 @@ import numpy as np
 
 from lotto_jax import masks, train
 from lotto_jax._types import Mask
+from lotto_jax.runs.progress import ProgressBar
 from lotto_jax.runs.store import CorruptCheckpointError
 from lotto_jax.runs.writer import Clock, TimedTrainer
 
@@ -381,7 +382,10 @@ class Engine:
         steps = self.trainer.config.steps
         last = {"step": int(np.max(np.asarray(state.step))), "time": time.perf_counter()}
 
+        bar = ProgressBar(description, total=steps, done=last["step"], enabled=self.progress)
+
         def callback(st, rec):
+            bar.update(rec)
             for curve, r in zip(curves, [rec] if plain else _split_record(rec, parts),
                                 strict=True):
                 curve.append(r)
@@ -392,19 +396,21 @@ class Engine:
             last.update(step=step, time=time.perf_counter())
 
         kw = dict(data_key=data_key, hold_lr=units[0].hold, callback=callback,
-                  replicates=not plain, progress=self.progress, description=description)
+                  replicates=not plain)
         t0, snap = time.perf_counter(), self.clock.snapshot()
-        if stop_at is not None and on_stop is not None:
-            if int(np.max(np.asarray(state.step))) > stop_at:
-                raise CorruptCheckpointError(
-                    f"{units[0].prefix}: resumed at step {int(np.max(state.step))} but "
-                    f"the rewind point of step {stop_at} was never saved"
-                )
-            state, res = train.fit(self.timed, state, mask, self.dataset, until=stop_at,
-                                   history=history, **kw)
-            history = res.curve
-            on_stop(state)
-        state, res = train.fit(self.timed, state, mask, self.dataset, history=history, **kw)
+        with bar:
+            if stop_at is not None and on_stop is not None:
+                if int(np.max(np.asarray(state.step))) > stop_at:
+                    raise CorruptCheckpointError(
+                        f"{units[0].prefix}: resumed at step {int(np.max(state.step))} "
+                        f"but the rewind point of step {stop_at} was never saved"
+                    )
+                state, res = train.fit(self.timed, state, mask, self.dataset,
+                                       until=stop_at, history=history, **kw)
+                history = res.curve
+                on_stop(state)
+            state, res = train.fit(self.timed, state, mask, self.dataset, history=history,
+                                   **kw)
         spent = self.clock.since(snap)
         self.clock.totals["train"] += (time.perf_counter() - t0 - spent["eval_s"]
                                        - spent["checkpoint_s"] - spent["prune_s"])
