@@ -84,7 +84,7 @@ __all__ = [
 ]
 
 _MANIFEST = ".manifest.json"
-_FORMAT = "lotto_jax.runs.store/1"
+_FORMAT = "lotto_jax.store/1"  # the on-disk format name: unchanged since the first runs
 _TMP = ".orbax-checkpoint-tmp"
 
 
