@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -129,6 +130,30 @@ def test_killed_at_each_stage_in_turn_ends_as_the_uninterrupted_run(run, referen
     assert_ok(proc)
     assert _lines(proc) == ["search: finished, kept"]
     assert {p: os.stat(p).st_mtime_ns for p in d.rglob("*")} == before
+
+
+def test_repair_recomputes_a_corrupt_search(run, reference, tmp_path):
+    """A finished run whose ``search/final`` lost bytes: ``--repair`` lists and
+    discards the search, the exports and results.json (all derive from it), and
+    the rerun recomputes them equal to run A."""
+    d = tmp_path / "g"
+    shutil.copytree(reference, d)
+    data = sorted(p for p in (d / "search/final").rglob("*")
+                  if p.is_file() and p.parent.name == "d")
+    with open(data[0], "r+b") as f:
+        f.truncate(3)
+    proc = run(d, "--repair")
+    assert_ok(proc)
+    out = proc.stdout.splitlines()
+    head = next(i for i, line in enumerate(out) if line.startswith("repair: "))
+    listed = []
+    for line in out[head + 1:]:
+        if not line.startswith("  "):
+            break
+        listed.append(line.strip().split(": ")[0])
+    assert sorted(listed) == sorted(["results.json", *EXPORTS, "search"])
+    assert _lines(proc) == ["search: training from step 0"]
+    assert_same_run(reference, d)
 
 
 def test_bernoulli_replicates_killed_mid_search_resume(run, tmp_path):
