@@ -283,6 +283,7 @@ class _Search:
         self.pretrained = load_params(c.pretrained, self.prep.params) if c.pretrained else None
         self.target = jax.eval_shape(self._make_start)
         self.memo: dict[str, Any] = {}
+        self.engine: Engine | None = None  # set by run()
 
     # ------------------------------------------------------------ start points
     def _start_of(self, seed: int) -> dict[str, Any]:
