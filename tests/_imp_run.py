@@ -104,6 +104,25 @@ def mesh_check(data_path: str) -> None:
     print("MESH OK", flush=True)
 
 
+def track_labels(set_attr=setattr) -> dict:
+    """Makes ``Engine._fit`` keep the label of the stack it trains in the returned
+    dict's ``"now"`` (``"round 1/2 (80.0%)"``, ``"reinit+random 1/2 (...)"``).
+
+    ``train.fit`` takes no label (it draws nothing), so spies on it read this one.
+    ``set_attr``: ``setattr``, or a ``MonkeyPatch.setattr`` to undo it afterwards.
+    """
+    from lotto_jax.runs.engine import Engine
+
+    real, labels = Engine._fit, {"now": None}
+
+    def labelled(engine, units, points, description, *rest):
+        labels["now"] = description
+        return real(engine, units, points, description, *rest)
+
+    set_attr(Engine, "_fit", labelled)
+    return labels
+
+
 def save_dataset(dataset: data.Dataset, path: str) -> None:
     np.savez(path, **{f"{split}_{k}": getattr(getattr(dataset, split), k)
                       for split in ("train", "validation", "test") for k in "xy"})
@@ -135,10 +154,10 @@ if __name__ == "__main__":
                 time.sleep(600)
 
         RunStore.save_step = paused
-    fit = train.fit
+    fit, labels = train.fit, track_labels()
 
     def logged_fit(trainer, state, *args, **kw):
-        print(f"fit {kw['description'].split(' (')[0]} from {int(state.step)}", flush=True)
+        print(f"fit {labels['now'].split(' (')[0]} from {int(state.step)}", flush=True)
         return fit(trainer, state, *args, **kw)
 
     train.fit = logged_fit

@@ -26,6 +26,7 @@ import pytest
 from lotto_jax import data, imp, masks, prune, train
 from lotto_jax.runs import common
 from lotto_jax.runs import imp as imp_run
+from lotto_jax.runs.engine import Engine
 from lotto_jax.runs.store import ConfigMismatchError, CorruptCheckpointError, RunStore
 
 HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
@@ -51,9 +52,10 @@ class FitSpy:
         self.calls = []
         self.stacks = []  # the member names of every fit call
         self.real = train.fit
+        self.labels = {"now": None}  # the engine's label of the stack (track_labels)
 
     def __call__(self, trainer, state, mask, dataset, **kw):
-        desc = kw.get("description")
+        desc = self.labels["now"]
         names, _, rest = desc.partition(" ")
         members = names.split("+") if kw.get("replicates") else [names]
         self.stacks.append(members)
@@ -77,11 +79,14 @@ class FitSpy:
 
 def run_spied(monkeypatch_ctx, fn, *args, **kw):
     spy = FitSpy()
+    engine_fit = Engine._fit
+    spy.labels = tiny.track_labels(monkeypatch_ctx.setattr)
     monkeypatch_ctx.setattr(train, "fit", spy)
     try:
         return fn(*args, **kw), spy
     finally:
         monkeypatch_ctx.setattr(train, "fit", spy.real)
+        monkeypatch_ctx.setattr(Engine, "_fit", engine_fit)
 
 
 @pytest.fixture(scope="module")

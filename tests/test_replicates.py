@@ -92,10 +92,11 @@ def check_crash_and_resume(trainer, dataset, init_fn, params, ref, tmp_path, **k
     fit = train.fit
 
     def logged(trainer, state, *args, **k):
-        calls.append((k["description"].split(" (")[0], np.asarray(state.step).tolist()))
+        calls.append((labels["now"].split(" (")[0], np.asarray(state.step).tolist()))
         return fit(trainer, state, *args, **k)
 
     with pytest.MonkeyPatch.context() as mp:
+        labels = tiny.track_labels(mp.setattr)
         mp.setattr(train, "fit", logged)
         tiny.run(trainer, params, dataset, init_fn, store=d, **kw)
     assert calls == [("reinit+shuffle+random 2/2", [20] * 3 * S)]
