@@ -22,8 +22,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lotto_jax import data, imp, train
-from lotto_jax.runs import writer as runner
 from lotto_jax.runs import imp as imp_run
+from lotto_jax.runs import writer as runner
 from lotto_jax.runs.store import RunStore
 
 HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
