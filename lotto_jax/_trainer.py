@@ -144,32 +144,6 @@ class _PermFn(NamedTuple):
         return (self.vmapped if key.ndim else self.single)(key, epoch)
 
 
-def _epoch_orders(key, orders, first_step, chunk, *, n, b, shuffle):
-    """Batch indices of steps ``first_step ... first_step + chunk - 1``: [chunk, b].
-
-    Equal to ``data.batch_indices(key, s)`` for each ``s``. With ``shuffle``,
-    ``orders`` holds the permutations of epochs ``first_step // (n // b)`` onwards
-    (``Trainer._orders``); without, the indices follow from the step alone.
-    """
-    if not shuffle:
-        steps = first_step + jnp.arange(chunk)
-        return jax.vmap(
-            lambda s: data_lib.batch_indices(key, s, num_examples=n, batch_size=b, shuffle=False)
-        )(steps)
-    spe = n // b
-    flat = orders.reshape(-1)
-    start = (first_step - (first_step // spe) * spe) * b
-    return jax.lax.dynamic_slice(flat, (start,), (chunk * b,)).reshape(chunk, b)
-
-
-class _PermFn(NamedTuple):
-    single: Callable
-    vmapped: Callable
-
-    def __call__(self, key, epoch):
-        return (self.vmapped if key.ndim else self.single)(key, epoch)
-
-
 def make_trainer(
     apply_fn: ApplyFn,
     config: TrainConfig,

@@ -11,6 +11,7 @@ the units of a stack, during a control's training.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import json
 import os
@@ -81,3 +82,33 @@ def engine_lines(proc):
     """The engine's decisions (``lotto: PREFIX: ...`` lines on stderr)."""
     return [line[len("lotto: "):] for line in proc.stderr.splitlines()
             if line.startswith("lotto: ") and ": " in line[len("lotto: "):]]
+
+
+def shared_base(tmp_path_factory):
+    """A directory shared by this session's xdist workers: the datasets and the
+    persistent XLA cache of the resume tests."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    d = base / "resume"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def tiny_npz(base, name="tiny", *, seed=0, n_train=512, n_test=256) -> str:
+    """``base/NAME.npz`` (made once, whichever worker comes first): ``n_train`` and
+    ``n_test`` examples of 40 features, 10 classes given by ``argmax(x @ w)``: a
+    problem the MLP learns."""
+    path = base / f"{name}.npz"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            r = np.random.default_rng(seed)
+            w = r.normal(size=(40, 10))
+            x_train, x_test = (r.normal(size=(n, 40)).astype(np.float32)
+                               for n in (n_train, n_test))
+            np.savez(base / f"{name}.tmp.npz", x_train=x_train,
+                     y_train=np.argmax(x_train @ w, 1), x_test=x_test,
+                     y_test=np.argmax(x_test @ w, 1))
+            os.replace(base / f"{name}.tmp.npz", path)
+    return str(path)

@@ -21,8 +21,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from _killrun import assert_killed, assert_ok, assert_same_run, items, lotto
-from test_resume_train import decisions, shared_base, tiny_npz, took_over_a_dead_lock
+from _killrun import (
+    assert_killed,
+    assert_ok,
+    assert_same_run,
+    items,
+    lotto,
+    shared_base,
+    tiny_npz,
+)
+from test_resume_train import decisions, took_over_a_dead_lock
 
 CONTROLS = ("reinit", "shuffle", "random")
 

@@ -13,7 +13,6 @@ weights are checked against ``models.init`` and a numpy forward pass.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from _killrun import (
     engine_lines,
     items,
     lotto,
+    shared_base,
+    tiny_npz,
 )
 from _numpy_ref import mlp_accuracy
 
@@ -44,40 +45,13 @@ STACK = " + ".join(f"variants/{v}" for v in VARIANTS)
 N_TEST = 256
 
 
-def shared_base(tmp_path_factory):
-    """A directory shared by this session's xdist workers: the dataset and the
-    persistent XLA cache of the resume tests."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    d = base / "resume"
-    d.mkdir(exist_ok=True)
-    return d
-
-
-def tiny_npz(base) -> str:
-    """``base/pai_tiny.npz`` (made once): 512 train and 256 test examples of 40
-    features, 10 classes given by ``argmax(x @ w)``: a problem the MLP learns."""
-    path = base / "pai_tiny.npz"
-    with open(base / "pai_npz.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            r = np.random.default_rng(1)
-            w = r.normal(size=(40, 10))
-            x_train, x_test = (r.normal(size=(n, 40)).astype(np.float32)
-                               for n in (512, N_TEST))
-            np.savez(base / "pai_tiny.tmp.npz", x_train=x_train,
-                     y_train=np.argmax(x_train @ w, 1), x_test=x_test,
-                     y_test=np.argmax(x_test @ w, 1))
-            os.replace(base / "pai_tiny.tmp.npz", path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """``(run(out, *extra, **kill), the npz spec)``."""
     base = shared_base(tmp_path_factory)
-    spec = f"npz:{tiny_npz(base)}"
+    spec = f"npz:{tiny_npz(base, 'pai_tiny', seed=1, n_test=N_TEST)}"
 
     def run(out, *extra, controls=VARIANTS[1:], **kill):
         return lotto(["pai", "--dataset", spec, *ARGS, "--controls", *controls, *extra,

@@ -11,11 +11,9 @@ the search went on from a checkpoint.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 
-import numpy as np
 import pytest
 from _killrun import (
     assert_killed,
@@ -24,6 +22,8 @@ from _killrun import (
     engine_lines,
     items,
     lotto,
+    shared_base,
+    tiny_npz,
 )
 
 ARGS = ["--model", "mlp", "--steps", "50", "--eval-every", "10", "--batch-size", "32",
@@ -31,38 +31,13 @@ ARGS = ["--model", "mlp", "--steps", "50", "--eval-every", "10", "--batch-size",
 EXPORTS = ["export/mask", "export/scores", "export/weights"]
 
 
-def _base(tmp_path_factory):
-    """A directory shared by this session's xdist workers (dataset, XLA cache)."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    d = base / "resume"
-    d.mkdir(exist_ok=True)
-    return d
-
-
-def _npz(base) -> str:
-    """``base/supermask.npz`` (made once): 256 train and 128 test examples of 40
-    features, 10 classes given by ``argmax(x @ w)``."""
-    path = base / "supermask.npz"
-    with open(base / "supermask.npz.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            r = np.random.default_rng(1)
-            w = r.normal(size=(40, 10))
-            x_train, x_test = (r.normal(size=(n, 40)).astype(np.float32) for n in (256, 128))
-            np.savez(base / "supermask.tmp.npz", x_train=x_train,
-                     y_train=np.argmax(x_train @ w, 1), x_test=x_test,
-                     y_test=np.argmax(x_test @ w, 1))
-            os.replace(base / "supermask.tmp.npz", path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """``run(out, *extra_flags, kill_after=, kill_in=)``: one ``lotto supermask``."""
-    base = _base(tmp_path_factory)
-    spec = f"npz:{_npz(base)}"
+    base = shared_base(tmp_path_factory)
+    spec = f"npz:{tiny_npz(base, 'supermask', seed=1, n_train=256, n_test=128)}"
 
     def run(out, *extra, **kill):
         return lotto(["supermask", "--dataset", spec, *ARGS, *extra, "--out", out],

@@ -12,9 +12,7 @@ numpy forward pass of its restored weights.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 
 import jax
@@ -28,6 +26,8 @@ from _killrun import (
     engine_lines,
     items,
     lotto,
+    shared_base,
+    tiny_npz,
 )
 from _numpy_ref import mlp_accuracy
 
@@ -37,31 +37,6 @@ ARGS = ["--model", "mlp", "--steps", "40", "--eval-every", "10", "--batch-size",
         "--validation", "64", "--save-every", "10"]
 
 
-def shared_base(tmp_path_factory):
-    """A directory shared by this session's xdist workers: the datasets and the
-    persistent XLA cache of the resume tests."""
-    base = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        base = base.parent
-    d = base / "resume"
-    d.mkdir(exist_ok=True)
-    return d
-
-
-def tiny_npz(base) -> str:
-    """``base/tiny.npz`` (made once): 512 train and 256 test examples of 40
-    features, 10 classes given by ``argmax(x @ w)``: a problem the MLP learns."""
-    path = base / "tiny.npz"
-    with open(base / "npz.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not path.exists():
-            r = np.random.default_rng(0)
-            w = r.normal(size=(40, 10))
-            x_train, x_test = (r.normal(size=(n, 40)).astype(np.float32) for n in (512, 256))
-            np.savez(base / "tiny.tmp.npz", x_train=x_train, y_train=np.argmax(x_train @ w, 1),
-                     x_test=x_test, y_test=np.argmax(x_test @ w, 1))
-            os.replace(base / "tiny.tmp.npz", path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -154,3 +154,31 @@ def write_config(config: Any, directory: str) -> str:
     with open(path, "w") as f:
         json.dump(config_to_dict(config), f, indent=2, sort_keys=True)
     return path
+
+
+def run_in_store(config: Any, mutable: tuple[str, ...], body: Any) -> Any:
+    """Runs ``body(store)`` in ``config.out`` as its one writer: every command's frame.
+
+    Opens the directory (:meth:`lotto_jax.runs.store.RunStore.open` with the
+    config's ``overwrite``, ``new_dir`` and the ``mutable`` fields), discards the
+    corrupt units first when ``config.repair`` is set
+    (:func:`lotto_jax.runs.repair.repair`), names ``--repair`` in a corrupt item's
+    error otherwise, and releases the lock on every way out.
+    """
+    from lotto_jax.runs import repair
+    from lotto_jax.runs.store import CorruptCheckpointError, RunStore
+
+    store = RunStore.open(config.out, config_to_dict(config), overwrite=config.overwrite,
+                          new_dir=config.new_dir, mutable=mutable)
+    try:
+        if config.repair:
+            repair.repair(store, echo=print)
+        return body(store)
+    except CorruptCheckpointError as e:
+        if config.repair:
+            raise
+        raise CorruptCheckpointError(
+            f"{e}; rerun with --repair to discard the corrupt units and recompute them"
+        ) from e
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from lotto_jax import imp, masks, models
 from lotto_jax.runs import common
 from lotto_jax.runs.imp_loop import TIMING_KEYS, ImpResult, RoundResult, run_imp
 from lotto_jax.runs.records import check_save_every, check_save_interval
-from lotto_jax.runs.store import CorruptCheckpointError, RunStore
+from lotto_jax.runs.store import RunStore
 
 __all__ = [
     "MUTABLE_FIELDS",
@@ -152,24 +152,7 @@ def main(config: ImpConfig) -> ImpResult:
     first verified and its corrupt units discarded (:func:`lotto_jax.repair.repair`),
     so that the run recomputes them; without it, a corrupt item's error says so.
     """
-    store = RunStore.open(
-        config.out, common.config_to_dict(config), overwrite=config.overwrite,
-        new_dir=config.new_dir, mutable=MUTABLE_FIELDS,
-    )
-    try:  # the lock is released on every way out
-        if config.repair:
-            from lotto_jax.runs import repair
-
-            repair.repair(store, echo=print)
-        return _main(config, store)
-    except CorruptCheckpointError as e:
-        if config.repair:
-            raise
-        raise CorruptCheckpointError(
-            f"{e}; rerun with --repair to discard the corrupt units and recompute them"
-        ) from e
-    finally:
-        store.close()
+    return common.run_in_store(config, MUTABLE_FIELDS, lambda store: _main(config, store))
 
 
 def _main(config: ImpConfig, store: RunStore) -> ImpResult:

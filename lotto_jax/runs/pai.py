@@ -59,7 +59,7 @@ from lotto_jax.pai import (
 from lotto_jax.runs import common
 from lotto_jax.runs.engine import Done, Engine, Unit, abstract
 from lotto_jax.runs.records import check_save_every, check_save_interval
-from lotto_jax.runs.store import CorruptCheckpointError, RunStore
+from lotto_jax.runs.store import RunStore
 from lotto_jax.runs.writer import Clock, WriteBehind
 
 __all__ = ["MUTABLE_FIELDS", "PaiConfig", "main"]
@@ -367,24 +367,7 @@ def main(config: PaiConfig) -> dict[str, Any]:
     Returns:
       The results dict written to ``results.json``.
     """
-    store = RunStore.open(
-        config.out, common.config_to_dict(config), overwrite=config.overwrite,
-        new_dir=config.new_dir, mutable=MUTABLE_FIELDS,
-    )
-    try:  # the lock is released on every way out
-        if config.repair:
-            from lotto_jax.runs import repair
-
-            repair.repair(store, echo=print)
-        return _main(config, store)
-    except CorruptCheckpointError as e:
-        if config.repair:
-            raise
-        raise CorruptCheckpointError(
-            f"{e}; rerun with --repair to discard the corrupt units and recompute them"
-        ) from e
-    finally:
-        store.close()
+    return common.run_in_store(config, MUTABLE_FIELDS, lambda store: _main(config, store))
 
 
 def _main(c: PaiConfig, store: RunStore) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from lotto_jax.runs import common
 from lotto_jax.runs.common import RunConfig
 from lotto_jax.runs.engine import Engine, Unit
 from lotto_jax.runs.records import check_save_every, check_save_interval
-from lotto_jax.runs.store import CorruptCheckpointError, RunStore
+from lotto_jax.runs.store import RunStore
 from lotto_jax.runs.writer import Clock, WriteBehind
 from lotto_jax.supermask import (
     METHODS,
@@ -235,24 +235,8 @@ def main(config: SupermaskConfig) -> dict[str, Any]:
       ``sampled_test_accuracy`` (mean, and ``sampled_test_accuracies``). With
       replicates, a list wherever the replicates differ.
     """
-    store = RunStore.open(
-        config.out, common.config_to_dict(config), overwrite=config.overwrite,
-        new_dir=config.new_dir, mutable=MUTABLE_FIELDS,
-    )
-    try:  # the lock is released on every way out
-        if config.repair:
-            from lotto_jax.runs import repair
-
-            repair.repair(store, echo=print)
-        results = _Search(config, store).run()
-    except CorruptCheckpointError as e:
-        if config.repair:
-            raise
-        raise CorruptCheckpointError(
-            f"{e}; rerun with --repair to discard the corrupt units and recompute them"
-        ) from e
-    finally:
-        store.close()
+    results = common.run_in_store(config, MUTABLE_FIELDS,
+                                  lambda store: _Search(config, store).run())
     _print_table(results)
     return results
 

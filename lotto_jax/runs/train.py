@@ -26,7 +26,6 @@ import numpy as np
 
 from lotto_jax.runs.common import RunConfig
 from lotto_jax.runs.records import check_save_every, check_save_interval
-from lotto_jax.runs.store import CorruptCheckpointError
 
 __all__ = ["MUTABLE_FIELDS", "PREFIX", "TrainCommand", "main"]
 
@@ -98,30 +97,12 @@ def main(config: TrainCommand) -> Any:
         message names it and ``--repair``).
     """
     from lotto_jax.runs import common
-    from lotto_jax.runs.store import RunStore
 
     if config.mask:  # before the slow part: building the model and the data
         path = os.path.abspath(config.mask)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"mask: no checkpoint directory at {path}")
-    store = RunStore.open(
-        config.out, common.config_to_dict(config), overwrite=config.overwrite,
-        new_dir=config.new_dir, mutable=MUTABLE_FIELDS,
-    )
-    try:  # the lock is released on every way out
-        if config.repair:
-            from lotto_jax.runs import repair
-
-            repair.repair(store, echo=print)
-        return _main(config, store)
-    except CorruptCheckpointError as e:
-        if config.repair:
-            raise
-        raise CorruptCheckpointError(
-            f"{e}; rerun with --repair to discard the corrupt items and recompute them"
-        ) from e
-    finally:
-        store.close()
+    return common.run_in_store(config, MUTABLE_FIELDS, lambda store: _main(config, store))
 
 
 def _start(config: TrainCommand, prep) -> tuple[dict[str, Any], Any, Any]:
