@@ -1,20 +1,14 @@
-"""A tiny IMP run shared by tests/test_imp.py and its kill-and-resume subprocess.
+"""A tiny IMP run shared by tests/test_imp.py and tests/test_replicates.py.
 
-As a script: ``python tests/_imp_run.py DIR DATA.npz [--pause-in round_001]`` runs
-IMP into ``DIR`` on the dataset saved by :func:`save_dataset` (the very arrays of the
-calling test, and no time spent generating MNIST-1D again); with ``--pause-in
-PREFIX`` it sleeps after every mid-run checkpoint of that round, so the test can
-SIGKILL it at a known point (a checkpoint exists, the round is unfinished). It prints
-``fit NAME from STEP`` for every training it starts and ``done`` at the end.
-
-``python tests/_imp_run.py --mesh-check DATA.npz`` (run with 8 host devices) checks
-IMP on a ``data=8`` mesh against one device (:func:`mesh_check`).
+As a script: ``python tests/_imp_run.py --mesh-check DATA.npz`` (run with 8 host
+devices) checks IMP on a ``data=8`` mesh against one device (:func:`mesh_check`) on
+the dataset saved by :func:`save_dataset`. (Kill-and-resume runs a real ``lotto imp``
+process: tests/test_resume_imp.py.)
 """
 
 from __future__ import annotations
 
 import sys
-import time
 
 import jax
 import numpy as np
@@ -137,30 +131,5 @@ def load_dataset(path: str) -> data.Dataset:
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--mesh-check":
-        mesh_check(sys.argv[2])
-        sys.exit(0)
-    directory, data_path = sys.argv[1], sys.argv[2]
-    if "--pause-in" in sys.argv:
-        from lotto_jax.runs.store import RunStore
-
-        pause_prefix = sys.argv[sys.argv.index("--pause-in") + 1]
-        save_step = RunStore.save_step
-
-        def paused(self, prefix, step, tree, **kw):
-            save_step(self, prefix, step, tree, **kw)
-            if prefix == pause_prefix:
-                print(f"checkpoint {prefix} {step}", flush=True)
-                time.sleep(600)
-
-        RunStore.save_step = paused
-    fit, labels = train.fit, track_labels()
-
-    def logged_fit(trainer, state, *args, **kw):
-        print(f"fit {labels['now'].split(' (')[0]} from {int(state.step)}", flush=True)
-        return fit(trainer, state, *args, **kw)
-
-    train.fit = logged_fit
-    dataset, _, params0, trainer, init_fn = setup(load_dataset(data_path))
-    run(trainer, params0, dataset, init_fn, store=directory)
-    print("done", flush=True)
+    assert sys.argv[1] == "--mesh-check", sys.argv
+    mesh_check(sys.argv[2])

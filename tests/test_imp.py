@@ -4,7 +4,8 @@ The tiny problem (tests/_imp_run.py): an MLP 40-32-10 on MNIST-1D, 30 steps of A
 with a cosine schedule, evaluation every 10 steps, 20 % per round (10 % for the
 output layer). Independent truths: integer count arithmetic for the densities, the
 θ0 / θK / θT we compute here (θK by our own call to ``train.fit``), the schedule
-function for fine-tuning, and an uninterrupted run for the kill-and-resume test.
+function for fine-tuning, and an uninterrupted run for resume. (Kills of a real
+process: tests/test_resume_imp.py, through the installed entry point.)
 """
 
 import glob
@@ -12,9 +13,6 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 
 import _imp_run as tiny
@@ -29,7 +27,6 @@ from lotto_jax.runs import imp as imp_run
 from lotto_jax.runs.engine import Engine
 from lotto_jax.runs.store import ConfigMismatchError, CorruptCheckpointError, RunStore
 
-HELPER = os.path.join(os.path.dirname(__file__), "_imp_run.py")
 LAYERS = {"Dense_0/kernel": 40 * 32, "output/kernel": 32 * 10}
 
 
@@ -413,7 +410,7 @@ def test_one_compile_across_rounds_controls_and_resume(init_run, setup, tmp_path
 
 
 # ----------------------------------------------------------------------------------
-# the store: refusal, corruption, kill and resume
+# the store: refusal, corruption, resume
 
 
 def test_changed_arguments_are_refused(init_run, setup):
@@ -440,67 +437,6 @@ def test_corrupt_mask_is_reported_not_loaded(init_run, setup, tmp_path):
     os.remove(os.path.join(d, "round_002", "mask.manifest.json"))
     with pytest.raises(CorruptCheckpointError, match="round_002/mask"):
         tiny.run(trainer, params0, dataset, init_fn, store=d)
-
-
-def test_sigkill_and_resume_equals_uninterrupted(init_run, tmp_path):
-    """SIGKILL mid-round (a checkpoint exists, the round is unfinished), add the
-    debris a killed save leaves, resume in a new process: every mask, final weight
-    and metric equals the uninterrupted run's, bit for bit."""
-    d = str(tmp_path / "killed")
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "xla_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    log = open(tmp_path / "first.log", "w")
-    data_path = str(tmp_path / "data.npz")
-    tiny.save_dataset(init_run["dataset"], data_path)
-    proc = subprocess.Popen([sys.executable, HELPER, d, data_path, "--pause-in", "round_001"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    pattern = os.path.join(d, "round_001", "checkpoints", "step_*.manifest.json")
-    try:
-        # no deadline: the helper either writes the checkpoint and pauses, or exits
-        # (finished without pausing, or crashed), which fails here with its log
-        while not glob.glob(pattern):
-            assert proc.poll() is None, open(tmp_path / "first.log").read()
-            time.sleep(0.05)
-        assert proc.poll() is None
-        os.kill(proc.pid, signal.SIGKILL)
-        (ckpt_manifest,) = glob.glob(pattern)
-    finally:
-        proc.kill()
-        proc.wait()
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
-    assert not os.path.exists(os.path.join(d, "round_001", "metrics.json"))
-    assert os.path.exists(os.path.join(d, "round_000", "metrics.json"))
-    # what a kill inside a save leaves behind: an orbax temp dir, an unmanifested dir
-    os.makedirs(os.path.join(d, "round_001", "final.orbax-checkpoint-tmp-99", "d"))
-    os.makedirs(os.path.join(d, "round_001", "final", "d"))
-    os.makedirs(os.path.join(d, "round_001", "checkpoints", "step_00000030"))
-    done = subprocess.run([sys.executable, HELPER, d, data_path], capture_output=True, text=True,
-                          env=env, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.strip().endswith("done")
-    # it went on from the checkpoint, and did not redo the finished round 0
-    killed_at = int(os.path.basename(ckpt_manifest)[len("step_"):].split(".")[0])
-    fits = [line for line in done.stdout.splitlines() if line.startswith("fit ")]
-    assert fits[0] == f"fit round 1/2 from {killed_at}" and 0 < killed_at < tiny.STEPS
-    assert not any(f.startswith("fit round 0/") for f in fits)
-
-    ref = init_run["dir"]
-    items = sorted(os.path.relpath(p, d)[: -len(".manifest.json")]
-                   for p in glob.glob(os.path.join(d, "**", "*.manifest.json"), recursive=True))
-    assert "round_002/mask" in items and "controls/shuffle/round_002/final" in items
-    assert not any("checkpoints" in i for i in items)
-    ckpt = ocp.StandardCheckpointer()
-    for item in items:
-        assert_trees_equal(ckpt.restore(os.path.join(d, item)),
-                           ckpt.restore(os.path.join(ref, item)))
-    for metrics in glob.glob(os.path.join(d, "**", "metrics.json"), recursive=True):
-        rel = os.path.relpath(metrics, d)
-        with open(metrics) as f, open(os.path.join(ref, rel)) as g:
-            assert f.read() == g.read(), rel
-    assert not glob.glob(os.path.join(d, "round_001", "*orbax-checkpoint-tmp*"))
 
 
 def test_parse_rewind_and_config_validation():
