@@ -97,6 +97,7 @@ from lotto_jax.train import TrainConfig
 __all__ = [
     "METHODS",
     "SCORE_INITS",
+    "SIGN_MASKS",
     "WEIGHT_INITS",
     "SearchState",
     "Supermask",
@@ -114,7 +115,8 @@ __all__ = [
     "topk_mask",
 ]
 
-_SIGN_MASKS = ("magnitude", "random")
+SIGN_MASKS: tuple[str, ...] = ("magnitude", "random")
+"""How the sign method's fixed mask is drawn (``SupermaskConfig.sign_mask``)."""
 
 
 def default_train_config(method: str = "edge-popup", **overrides: Any) -> TrainConfig:

@@ -61,6 +61,7 @@ from lotto_jax.runs.writer import Clock, WriteBehind
 from lotto_jax.supermask import (
     METHODS,
     SCORE_INITS,
+    SIGN_MASKS,
     WEIGHT_INITS,
     _neutral,
     bernoulli,
@@ -83,7 +84,6 @@ MUTABLE_FIELDS: tuple[str, ...] = (
 )
 """SupermaskConfig fields that may change when a run directory is resumed."""
 
-_SIGN_MASKS = ("magnitude", "random")
 _KEYS = ("weights", "scores", "sample", "mask", "eval")
 
 
@@ -156,7 +156,7 @@ class SupermaskConfig:
         set_("weight_init", _choice("weight_init", self.weight_init, WEIGHT_INITS))
         if self.score_init is not None:
             set_("score_init", _choice("score_init", self.score_init, SCORE_INITS))
-        set_("sign_mask", _choice("sign_mask", self.sign_mask, _SIGN_MASKS))
+        set_("sign_mask", _choice("sign_mask", self.sign_mask, SIGN_MASKS))
         if self.other_params is not None:
             set_("other_params", _choice("other_params", self.other_params, _OTHER))
         if not isinstance(self.eval_samples, int) or self.eval_samples < 1:
