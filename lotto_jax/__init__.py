@@ -4,7 +4,7 @@ Masks are pytrees shaped like the params; pure functions create, apply, score, p
 and combine them, and train steps take the mask as an ordinary traced argument.
 
 Two layers. The algorithms (``lotto_jax.masks``, ``scores``, ``prune``, ``sparse``,
-``train``, ``imp``, ``pai``, ``supermask``, ``data``, ``models``, ``sharding``) are
+``train``, ``imp``, ``pai``, ``supermask``, ``dst``, ``data``, ``models``, ``sharding``) are
 pure JAX: no files, no printing. The run layer ``lotto_jax.runs`` holds the store,
 the engine, one driver per ``lotto`` command, recipes, reports and the CLI; it
 imports the algorithms, never the other way round.
@@ -12,6 +12,7 @@ imports the algorithms, never the other way round.
 
 from lotto_jax import (
     data,
+    dst,
     imp,
     masks,
     models,
@@ -37,6 +38,7 @@ __all__ = [
     "Prunable",
     "Scores",
     "data",
+    "dst",
     "imp",
     "masks",
     "models",

@@ -150,9 +150,12 @@ class TrainState(struct.PyTreeNode):
       params: the trained parameters (pruned entries exactly 0).
       model_state: non-trained collections, e.g. ``{"batch_stats": ...}``.
       opt_state: the optimizer's state (moments of pruned weights are exactly 0).
+      dst: with a mask updater (dynamic sparse training), the current mask and the
+        updater's state (a :class:`lotto_jax.dst.DstState`); ``None`` otherwise.
     """
 
     step: jax.Array
     params: Params
     model_state: Any
     opt_state: Any
+    dst: Any = None

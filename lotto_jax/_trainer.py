@@ -30,6 +30,7 @@ from lotto_jax._train_config import (
     schedule,
 )
 from lotto_jax._types import Params
+from lotto_jax.dst import DstState
 from lotto_jax.masks import apply as apply_mask
 from lotto_jax.sharding import DATA, batch_sharding, param_shardings, replicated
 
@@ -55,16 +56,50 @@ class Trainer:
     _evaluate: Callable
     _evaluate_vmapped: Callable
     _epoch_perm: Callable
+    updater: Any = None
     _perm_cache: dict = dataclasses.field(default_factory=dict)
 
-    def init(self, params: Params, model_state: Any = None, *, step: int = 0) -> TrainState:
-        """A fresh state: optimizer state from ``params``, schedule at ``step``."""
+    def init(self, params: Params, model_state: Any = None, *, step: int = 0,
+             mask: Any = None, key: Any = None) -> TrainState:
+        """A fresh state: optimizer state from ``params``, schedule at ``step``.
+
+        With an updater (:mod:`lotto_jax.dst`) the state also holds the start
+        ``mask`` (default: the updater's ``initial_mask(params, key)``) and the
+        updater's state from ``key`` (required), in ``state.dst``.
+        """
+        dst_state = None
+        if self.updater is not None:
+            if key is None:
+                raise ValueError("key: a trainer with a mask updater needs key= "
+                                 "(the updater's randomness)")
+            if mask is None:
+                mask = self.updater.initial_mask(params, key)
+            dst_state = DstState(mask, self.updater.init(params, key))
+        elif mask is not None or key is not None:
+            raise ValueError("mask, key: only a trainer with a mask updater keeps a mask "
+                             "in its state; pass the mask to fit or train_chunk")
         return TrainState(
             step=jnp.asarray(step, jnp.int32),
             params=params,
             model_state={} if model_state is None else model_state,
             opt_state=self.tx.init(params),
+            dst=dst_state,
         )
+
+    def mask_of(self, state: TrainState, mask: Any = None) -> Any:
+        """The mask ``state`` trains under: ``mask``, or with an updater the
+        state's own (then ``mask`` must be ``None``)."""
+        if self.updater is None:
+            if mask is None:
+                raise ValueError("mask: required (masks.init(params) for dense training)")
+            return mask
+        if mask is not None:
+            raise ValueError("mask: a trainer with a mask updater keeps the mask in "
+                             "state.dst; pass mask=None")
+        if state.dst is None:
+            raise ValueError("state: no state.dst; build the state with trainer.init("
+                             "params, mask=..., key=...)")
+        return state.dst.mask
 
     def train_chunk(
         self, state, mask, data_key, x, y, *, hold_lr=-1, until=None, replicates=False
@@ -83,8 +118,10 @@ class Trainer:
         n_active = jnp.int32(min(max(until - step, 0), self.chunk))
         orders = self._orders(data_key, step, replicates=replicates)
         fn = self._train_chunk_vmapped if replicates else self._train_chunk
+        self.mask_of(state, mask)  # checks mask against the updater
         return fn(
-            state, mask, data_key, orders, x, y, jnp.asarray(hold_lr, jnp.int32), n_active
+            state, mask, data_key, orders, x, y, jnp.asarray(hold_lr, jnp.int32), n_active,
+            jnp.int32(step),
         )
 
     def _orders(self, data_key, step: int, *, replicates: bool = False) -> jax.Array:
@@ -115,7 +152,7 @@ class Trainer:
     def evaluate(self, state, mask, x, y, *, replicates=False):
         """``(mean loss, accuracy)`` of the masked network on ``(x, y)``."""
         fn = self._evaluate_vmapped if replicates else self._evaluate
-        return fn(state.params, state.model_state, mask, x, y)
+        return fn(state.params, state.model_state, self.mask_of(state, mask), x, y)
 
 
 def _epoch_orders(key, orders, first_step, chunk, *, n, b, shuffle):
@@ -152,6 +189,7 @@ def make_trainer(
     chunk: int | None = None,
     mesh: jax.sharding.Mesh | None = None,
     fsdp: bool = False,
+    updater: Any = None,
 ) -> Trainer:
     """Builds the jitted train chunk and evaluation for one model and config.
 
@@ -168,6 +206,10 @@ def make_trainer(
       fsdp: with ``mesh``, params and their moments are split over the mesh's
         ``"model"`` axis (``sharding.param_shardings(fsdp=True)``); the compiled
         chunk keeps the state in that layout so it never recompiles.
+      updater: a mask updater (:class:`lotto_jax.dst.Updater`): the mask lives in
+        ``state.dst`` and changes inside the compiled chunk after every step at
+        which ``updater.fires(step)``; dropped and grown weights and their moments
+        are set to 0 there. ``None``: the mask is an argument, fixed.
 
     Returns:
       A :class:`Trainer`.
@@ -178,12 +220,15 @@ def make_trainer(
         raise ValueError(
             f"batch_size: {c.batch_size} is larger than the training set ({num_train})"
         )
+    if updater is not None and updater.end is not None and updater.end > c.steps:
+        raise ValueError(f"end: the {updater.name} updater changes the mask until step "
+                         f"{updater.end}, beyond the {c.steps} training steps")
     tx = optimizer(c)
     lr_fn = schedule(c)
     constrain, pin = _placement(mesh, fsdp, tx, c.batch_size)
     train_chunk = _train_chunk_fn(
         apply_fn, c, tx, lr_fn, chunk=chunk, num_train=num_train, constrain=constrain,
-        pin=pin,
+        pin=pin, updater=updater,
     )
     evaluate = _evaluate_fn(apply_fn, c.eval_batch_size)
     spe_b = (num_train // c.batch_size) * c.batch_size
@@ -192,7 +237,7 @@ def make_trainer(
         perm = jax.random.permutation(jax.random.fold_in(key, epoch), num_train)
         return perm[:spe_b].astype(jnp.int32)
 
-    chunk_in_axes = (0, 0, 0, 0, None, None, None, None)
+    chunk_in_axes = (0, 0, 0, 0, None, None, None, None, None)
     return Trainer(
         config=c,
         apply_fn=apply_fn,
@@ -207,6 +252,7 @@ def make_trainer(
         _evaluate=jax.jit(evaluate),
         _epoch_perm=_PermFn(jax.jit(epoch_perm), jax.jit(jax.vmap(epoch_perm, (0, None)))),
         _evaluate_vmapped=jax.jit(jax.vmap(evaluate, in_axes=(0, 0, 0, None, None))),
+        updater=updater,
     )
 
 
@@ -229,6 +275,10 @@ def _placement(mesh, fsdp: bool, tx, batch_size: int):
         """Keeps the state in its placed layout (propagation may move it)."""
         shardings = param_shardings(state.params, mesh, fsdp=fsdp)
         wsc = jax.lax.with_sharding_constraint
+        if state.dst is not None:  # the mask follows its params
+            state = state.replace(dst=state.dst._replace(
+                mask=wsc(state.dst.mask, shardings),
+                inner=wsc(state.dst.inner, replicated(mesh))))
         return state.replace(
             params=wsc(state.params, shardings),
             model_state=wsc(state.model_state, replicated(mesh)),
@@ -241,30 +291,50 @@ def _placement(mesh, fsdp: bool, tx, batch_size: int):
     return constrain, pin
 
 
-def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, constrain, pin):
-    """``train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active)``: the
-    first ``n_active`` of ``chunk`` masked steps in one ``lax.scan`` (unjitted)."""
+def _zero_outside(state: TrainState, keep, tx) -> TrainState:
+    """Weights and their optimizer moments to exactly 0 where ``keep`` is False."""
+    return state.replace(
+        params=apply_mask(state.params, keep),
+        opt_state=optax.tree_utils.tree_map_params(
+            tx, lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), state.opt_state, keep
+        ),
+    )
+
+
+def _mask_update(updater, tx):
+    """``update(state, grads)``: the updater's new mask in ``state.dst``; weights and
+    moments dropped or grown by it set to 0 (kept through the change: untouched)."""
+
+    def update(state: TrainState, grads) -> TrainState:
+        old = state.dst.mask
+        new, inner = updater.update(state.params, old, grads, state.step, state.dst.inner)
+        state = _zero_outside(state, jax.tree.map(jnp.logical_and, old, new), tx)
+        return state.replace(dst=state.dst._replace(mask=new, inner=inner))
+
+    return update
+
+
+def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, constrain, pin,
+                    updater=None):
+    """``train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active, first)``:
+    the first ``n_active`` of ``chunk`` masked steps from step ``first`` in one
+    ``lax.scan`` (unjitted). With an ``updater`` the mask is ``state.dst.mask`` (the
+    ``mask`` argument is ``None``) and changes after each step ``s`` (counted from 1)
+    with ``updater.fires(s)``; ``first`` is unbatched under ``vmap``, so that test
+    stays a real branch."""
 
     def loss_and_logits(params, model_state, x, y, train):
         logits, model_state = apply_fn(params, model_state, x, train)
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, model_state
 
-    def enforce(state: TrainState, mask) -> TrainState:
-        """Pruned weights and their optimizer moments to exactly 0."""
-        return state.replace(
-            params=apply_mask(state.params, mask),
-            opt_state=optax.tree_utils.tree_map_params(
-                tx, lambda v, m: jnp.where(m, v, jnp.zeros_like(v)), state.opt_state, mask
-            ),
-        )
-
     def one_step(state: TrainState, mask, x, y, hold_lr):
-        # Pruned weights and moments are exactly 0 (enforce() at the chunk start) and
-        # their gradients are masked here, so every optimizer of TrainConfig keeps
-        # them at exactly 0: Adam's mu, nu and update, SGD's trace and the coupled
-        # or decoupled decay of a zero weight are all 0. Masking once per chunk
-        # instead of every step costs ~2 % instead of ~17 % (BENCHMARKS.md).
+        # Pruned weights and moments are exactly 0 (_zero_outside at the chunk start
+        # and at each mask change) and their gradients are masked here, so every
+        # optimizer of TrainConfig keeps them at exactly 0: Adam's mu, nu and update,
+        # SGD's trace and the coupled or decoupled decay of a zero weight are all 0.
+        # Masking once per chunk instead of every step costs ~2 % instead of ~17 %
+        # (BENCHMARKS.md). The unmasked gradient is returned for mask updaters.
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
         (loss, model_state), grads = grad_fn(state.params, state.model_state, x, y, True)
         direction, opt_state = tx.update(apply_mask(grads, mask), state.opt_state, state.params)
@@ -272,23 +342,34 @@ def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, co
         params = jax.tree.map(
             lambda p, d: (p - lr * d).astype(p.dtype), state.params, direction
         )
-        return TrainState(state.step + 1, params, model_state, opt_state), loss
+        state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state)
+        return state, loss, grads
 
-    def train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active):
-        state = enforce(state, mask)
+    update_mask = _mask_update(updater, tx) if updater is not None else None
+
+    def train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active, first):
+        state = _zero_outside(state, mask if updater is None else state.dst.mask, tx)
         idx = _epoch_orders(
             data_key, orders, state.step, chunk, n=num_train, b=c.batch_size,
             shuffle=c.shuffle,
         )
+
+        def train(s, i, batch_idx):
+            m = mask if updater is None else s.dst.mask
+            s, loss, grads = one_step(s, m, constrain(x[batch_idx]), constrain(y[batch_idx]),
+                                      hold_lr)
+            if updater is not None:
+                s = jax.lax.cond(updater.fires(first + i + 1),
+                                 lambda s: update_mask(s, grads), lambda s: s, s)
+            return s, loss
 
         def body(carry, inp):
             i, batch_idx = inp
             st, total = carry
             st, loss = jax.lax.cond(
                 i < n_active,
-                lambda s: one_step(
-                    s, mask, constrain(x[batch_idx]), constrain(y[batch_idx]), hold_lr
-                ),
+                lambda s: train(s, i, batch_idx),
                 lambda s: (s, jnp.zeros((), jnp.float32)),
                 st,
             )

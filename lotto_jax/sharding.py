@@ -175,6 +175,10 @@ def place_state(state, mesh: Mesh, *, fsdp: bool = False, tx=None):
             shardings,
             transform_non_params=lambda x: jax.device_put(x, rep),
         )
+    if state.dst is not None:  # a DST mask follows its params
+        state = state.replace(dst=state.dst._replace(
+            mask=place(state.dst.mask, shardings),
+            inner=jax.tree.map(lambda x: jax.device_put(x, rep), state.dst.inner)))
     return state.replace(
         step=jax.device_put(state.step, rep),
         params=params,

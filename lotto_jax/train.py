@@ -133,7 +133,7 @@ def _to_host(x):
 def fit(
     trainer: Trainer,
     state: TrainState,
-    mask: Mask,
+    mask: Mask | None,
     dataset: data_lib.Dataset,
     *,
     data_key: PRNGKey,
@@ -152,7 +152,9 @@ def fit(
       trainer: from :func:`make_trainer`.
       state: the starting state (``trainer.init(params)``, a rewound state, or a
         state restored from a checkpoint to resume).
-      mask: the mask; ``masks.init(params)`` for dense training.
+      mask: the mask; ``masks.init(params)`` for dense training. ``None`` with a
+        trainer that has a mask updater (:mod:`lotto_jax.dst`): the mask is
+        ``state.dst.mask`` and changes during training.
       dataset: train / validation / test arrays (:func:`lotto_jax.data.load`).
       data_key: the key of the data order; batch ``s`` is a pure function of
         ``(data_key, s)``, so a resumed run sees the batches it would have seen.
