@@ -46,16 +46,19 @@ from lotto_jax.runs.writer import Clock, TimedTrainer
 __all__ = ["Done", "Engine", "Unit", "abstract"]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _start(trainer, weights, mask, step, stacked):
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def _start(trainer, weights, mask, step, key, stacked):
     """The start state of a unit: masked weights, fresh optimizer state, ``step``
-    (per replicate when ``stacked``)."""
+    (per replicate when ``stacked``); with a mask updater, ``mask`` and ``key``
+    start ``state.dst``."""
 
-    def one(w, m):
-        return trainer.init(masks.apply(w["params"], m),
-                            jax.tree.map(jnp.copy, w["model_state"]), step=step)
+    def one(w, m, k):
+        params, model_state = masks.apply(w["params"], m), jax.tree.map(jnp.copy, w["model_state"])
+        if trainer.updater is None:
+            return trainer.init(params, model_state, step=step)
+        return trainer.init(params, model_state, step=step, mask=m, key=k)
 
-    return jax.vmap(one)(weights, mask) if stacked else one(weights, mask)
+    return jax.vmap(one)(weights, mask, key) if stacked else one(weights, mask, key)
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -124,6 +127,8 @@ class Unit(NamedTuple):
       step: the start step (learning-rate schedule and data order resume there).
       hold: ``hold_lr`` of :func:`lotto_jax.train.fit` (-1: follow the schedule).
       data_key: its data-order key; ``None``: the engine's.
+      key: with a trainer that has a mask updater (:mod:`lotto_jax.dst`), the
+        updater's key (``mask`` is then its start mask); else unused.
     """
 
     prefix: str
@@ -133,6 +138,7 @@ class Unit(NamedTuple):
     step: int = 0
     hold: int = -1
     data_key: Any = None
+    key: Any = None
 
 
 class Done(NamedTuple):
@@ -253,6 +259,8 @@ class Engine:
         finals = {}
         for i, (state, res, stack) in zip(todo, trained, strict=True):
             finals[i] = {"params": state.params, "model_state": state.model_state}
+            if state.dst is not None:  # a mask updater's last mask
+                finals[i]["mask"] = state.dst.mask
             if self.store is not None:
                 self.store.save(f"{units[i].prefix}/final", finals[i],
                                 meta={"curve": [r._asdict() for r in res.curve],
@@ -285,7 +293,9 @@ class Engine:
     def start(self, u: Unit):
         """A unit's start state: masked weights, fresh optimizer state, its step."""
         weights = u.weights() if callable(u.weights) else u.weights
-        state = _start(self.trainer, weights, u.mask, jnp.asarray(u.step, jnp.int32),
+        if self.trainer.updater is not None and u.key is None:
+            raise ValueError(f"{u.prefix}: a unit of a trainer with a mask updater needs key=")
+        state = _start(self.trainer, weights, u.mask, jnp.asarray(u.step, jnp.int32), u.key,
                        self.stacked)
         if self.mesh is not None:
             from lotto_jax.sharding import place_state
@@ -362,18 +372,19 @@ class Engine:
         """``(state, mask, data_key, history)`` of units joined along the replicate
         axis (as they are for one unreplicated unit)."""
         keys = tuple(self.data_key if u.data_key is None else u.data_key for u in units)
+        dynamic = self.trainer.updater is not None  # the mask lives in the state
         if len(units) == 1 and not self.stacked:
             ((state, history),) = points
-            return state, units[0].mask, keys[0], history
+            return state, None if dynamic else units[0].mask, keys[0], history
         state = _concat(tuple(s for s, _ in points), self.stacked)
-        mask = _concat(tuple(u.mask for u in units), self.stacked)
+        mask = None if dynamic else _concat(tuple(u.mask for u in units), self.stacked)
         return state, mask, _concat(keys, self.stacked), _stack_records([h for _, h in points])
 
     def _fit(self, units, points, description, stop_at, on_stop):
         plain = len(units) == 1 and not self.stacked
         parts = tuple((i * (self.rows or 1), self.rows) for i in range(len(units)))
         state, mask, data_key, history = self._stack(units, points)
-        if self.mesh is not None:  # masks follow their params (a mask computed from
+        if self.mesh is not None and mask is not None:  # masks follow their params (a mask computed from
             # placed weights would else differ in sharding from a fresh one: a recompile)
             from lotto_jax.sharding import param_shardings, place
 
