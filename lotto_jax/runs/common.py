@@ -1,9 +1,12 @@
-"""What every driver shares: the run configuration and its set-up.
+"""What every driver shares: the run configuration, the store options and the set-up.
 
 :class:`RunConfig` names the model, the dataset, the seeds and the training
 hyperparameters; :func:`prepare` turns it into arrays and compiled functions. The
-drivers (:mod:`lotto_jax.imp`, :mod:`lotto_jax.pai`, :mod:`lotto_jax.supermask` and
-``lotto train``) embed a :class:`RunConfig` in their own configs.
+drivers (:mod:`lotto_jax.runs.imp`, :mod:`lotto_jax.runs.pai`,
+:mod:`lotto_jax.runs.supermask` and :mod:`lotto_jax.runs.train`) embed a
+:class:`RunConfig` in their own configs, which inherit :class:`RunOptions` (where
+the run is stored and how: the flags every command shares), and run in
+:func:`run_in_store`.
 """
 
 from __future__ import annotations
@@ -18,16 +21,20 @@ import jax
 
 from lotto_jax import data as data_lib
 from lotto_jax import models
+from lotto_jax.runs.records import check_save_every, check_save_interval
 from lotto_jax.train import TrainConfig, Trainer, classifier, make_trainer
 
 __all__ = [
+    "STORE_FIELDS",
     "Prepared",
     "RunConfig",
+    "RunOptions",
     "config_to_dict",
     "init_variables",
     "prepare",
     "replicate_data_keys",
     "replicate_variables",
+    "run_in_store",
     "stack",
     "write_config",
 ]
@@ -64,6 +71,56 @@ class RunConfig:
     replicates: int = 1
     mesh: str | None = None
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Where a command's run is stored and how: the options every command shares.
+
+    Each command's config inherits them (``class ImpConfig(RunOptions)``), so they
+    are flags of every command (``--out``, ``--save-every``, ...), fields of its
+    ``config.json``, and fields a rerun on the same directory may change
+    (:data:`STORE_FIELDS`). They are keyword-only: positional arguments of a config
+    stay its own fields. ``out`` has no default here: each command redeclares it
+    with its own (``out: str = dataclasses.field(default="runs/imp",
+    kw_only=True)``) and documents what its directory holds.
+
+    Attributes:
+      out: the run directory (its layout: the command's module docs). Rerunning
+        the same command on it resumes a killed run; a finished one trains
+        nothing.
+      save_every: steps between mid-training checkpoints (IMP: within a round),
+        taken at evaluation points; ``None``: every ``save_interval`` seconds.
+      save_interval: with ``save_every=None``, seconds of training between
+        mid-training checkpoints (at evaluation points); 0 checkpoints at every
+        evaluation.
+      overwrite: delete an existing run in ``out`` and start afresh.
+      new_dir: if ``out`` holds a run with another config, run in ``out_1``,
+        ``out_2``, ... instead of refusing.
+      repair: before running, verify every stored item, print the corrupt or
+        partial units and discard them, then recompute them from the last good
+        state (what each corrupt item discards, per kind of run:
+        :mod:`lotto_jax.runs.repair`).
+      recipe: a named preset of the papers' settings (``lotto recipes``): its
+        values are the defaults of every other flag, which override them.
+    """
+
+    out: str
+    save_every: int | None = None
+    save_interval: float = 60.0
+    overwrite: bool = False
+    new_dir: bool = False
+    repair: bool = False
+    recipe: str | None = None
+
+    def __post_init__(self):
+        check_save_every(self.save_every)
+        check_save_interval(self.save_interval)
+
+
+STORE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(RunOptions))
+"""The :class:`RunOptions` fields: a rerun may change every one of them (each
+command's ``MUTABLE_FIELDS`` starts with them)."""
 
 
 class Prepared(NamedTuple):

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 from lotto_jax import imp, masks, models
 from lotto_jax.runs import common
 from lotto_jax.runs.imp_loop import TIMING_KEYS, ImpResult, RoundResult, run_imp
-from lotto_jax.runs.records import check_save_every, check_save_interval
 from lotto_jax.runs.store import RunStore
 
 __all__ = [
@@ -30,14 +29,13 @@ __all__ = [
 ]
 
 MUTABLE_FIELDS: tuple[str, ...] = (
-    "rounds", "controls", "save_every", "save_interval", "timing", "out", "overwrite",
-    "new_dir", "run.data_dir", "recipe", "repair",
+    *common.STORE_FIELDS, "rounds", "controls", "timing", "run.data_dir",
 )
 """ImpConfig fields that may change when a run directory is resumed."""
 
 
 @dataclasses.dataclass(frozen=True)
-class ImpConfig:
+class ImpConfig(common.RunOptions):
     """An IMP run: ``lotto imp --model lenet300 --rounds 10 --rewind step:500``.
 
     Attributes:
@@ -64,24 +62,9 @@ class ImpConfig:
         leaves together (with ``prune_biases``, kernel and bias pooled: the
         notebook's rule); ``"leaf"`` ranks every leaf on its own. The same when
         only kernels are pruned.
-      out: the run directory (see :mod:`lotto_jax.store` for its layout).
-      save_every: steps between mid-round checkpoints, taken at evaluation points;
-        ``None``: every ``save_interval`` seconds.
-      save_interval: with ``save_every=None``, seconds of training between
-        mid-round checkpoints (at evaluation points); 0 checkpoints at every
-        evaluation.
       timing: write each network's wall-time split (train, eval, prune,
         checkpoint) into its ``metrics.json`` and print the split per round.
-      overwrite: delete an existing run in ``out`` and start afresh.
-      new_dir: if ``out`` holds a run with another config, run in ``out_1``,
-        ``out_2``, ... instead of refusing.
-      recipe: a named preset of the papers' settings (``lotto recipes``): its
-        values are the defaults of every other flag, which override them.
-      repair: before running, verify every stored item, print the corrupt or
-        partial units and discard them (a finished round with a corrupt item
-        with its controls and every later round; a corrupt mid-round checkpoint
-        alone; a control's round alone), then recompute them
-        (:mod:`lotto_jax.repair`).
+      out: the run directory (its layout: :mod:`lotto_jax.runs.imp_loop`).
     """
 
     run: common.RunConfig = dataclasses.field(default_factory=common.RunConfig)
@@ -93,16 +76,11 @@ class ImpConfig:
     controls: tuple[str, ...] = ()
     prune_biases: bool = False
     groups: str = "layer"
-    out: str = "runs/imp"
-    save_every: int | None = None
-    save_interval: float = 60.0
     timing: bool = False
-    overwrite: bool = False
-    new_dir: bool = False
-    recipe: str | None = None
-    repair: bool = False
+    out: str = dataclasses.field(default="runs/imp", kw_only=True)
 
     def __post_init__(self):
+        super().__post_init__()
         if not isinstance(self.rounds, int) or self.rounds < 0:
             raise ValueError(f"rounds: expected an int >= 0, got {self.rounds!r}")
         if not 0 <= self.fraction < 1:
@@ -120,8 +98,6 @@ class ImpConfig:
             )
         imp._check_controls(self.controls)
         imp.parse_rewind(self.rewind, self.run.train.steps)
-        check_save_every(self.save_every)
-        check_save_interval(self.save_interval)
 
 
 def _print_timing(timings: Sequence[Mapping[str, float]]) -> None:

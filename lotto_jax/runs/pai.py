@@ -58,22 +58,18 @@ from lotto_jax.pai import (
 )
 from lotto_jax.runs import common
 from lotto_jax.runs.engine import Done, Engine, Unit, abstract
-from lotto_jax.runs.records import check_save_every, check_save_interval
 from lotto_jax.runs.store import RunStore
 from lotto_jax.runs.writer import Clock, WriteBehind
 
 __all__ = ["MUTABLE_FIELDS", "PaiConfig", "main"]
 
-MUTABLE_FIELDS: tuple[str, ...] = (
-    "controls", "out", "overwrite", "new_dir", "repair", "recipe", "save_every",
-    "save_interval", "run.data_dir",
-)
+MUTABLE_FIELDS: tuple[str, ...] = (*common.STORE_FIELDS, "controls", "run.data_dir")
 """PaiConfig fields that may change when a run directory is resumed (a control
 added to a finished run trains only the new variant)."""
 
 
 @dataclasses.dataclass(frozen=True)
-class PaiConfig:
+class PaiConfig(common.RunOptions):
     """Prune at initialisation, then train the sparse network and its controls.
 
     Attributes:
@@ -95,18 +91,6 @@ class PaiConfig:
         deep networks).
       out: the run directory (layout in the module docs): ``config.json``,
         ``init``, ``variants/<name>/{mask,final,metrics.json}``, ``results.json``.
-      recipe: a named preset of the papers' settings (``lotto recipes``): its
-        values are the defaults of every other flag, which override them.
-      save_every: steps between mid-training checkpoints, taken at evaluation
-        points; ``None``: every ``save_interval`` seconds.
-      save_interval: with ``save_every=None``, seconds of training between
-        mid-training checkpoints (at evaluation points); 0: at every evaluation.
-      overwrite: delete an existing run in ``out`` and start afresh.
-      new_dir: if ``out`` holds a run with another config, run in ``out_1``,
-        ``out_2``, ... instead of refusing.
-      repair: before running, verify every stored item, print the corrupt or
-        partial units and discard them (a variant alone), then recompute them
-        (:mod:`lotto_jax.runs.repair`).
     """
 
     run: common.RunConfig = dataclasses.field(default_factory=common.RunConfig)
@@ -118,15 +102,10 @@ class PaiConfig:
     sample_per_class: int = 10
     prevent_collapse: bool = False
     synflow_float64: bool = False
-    out: str = "runs/pai"
-    recipe: str | None = None
-    save_every: int | None = None
-    save_interval: float = 60.0
-    overwrite: bool = False
-    new_dir: bool = False
-    repair: bool = False
+    out: str = dataclasses.field(default="runs/pai", kw_only=True)
 
     def __post_init__(self):
+        super().__post_init__()
         _check_choice("method", self.method, METHODS)
         _check_density(self.density)
         _check_choice("scope", self.scope, ("global", "layerwise"))
@@ -140,8 +119,6 @@ class PaiConfig:
             raise ValueError(
                 f"sample_per_class: expected a positive int, got {self.sample_per_class!r}"
             )
-        check_save_every(self.save_every)
-        check_save_interval(self.save_interval)
 
 
 def _layer_densities(mask: Mask) -> dict[str, float]:

@@ -55,7 +55,6 @@ from lotto_jax._types import Params
 from lotto_jax.runs import common
 from lotto_jax.runs.common import RunConfig
 from lotto_jax.runs.engine import Engine, Unit
-from lotto_jax.runs.records import check_save_every, check_save_interval
 from lotto_jax.runs.store import RunStore
 from lotto_jax.runs.writer import Clock, WriteBehind
 from lotto_jax.supermask import (
@@ -78,17 +77,14 @@ from lotto_jax.supermask import (
 
 __all__ = ["MUTABLE_FIELDS", "SupermaskConfig", "load_params", "main"]
 
-MUTABLE_FIELDS: tuple[str, ...] = (
-    "out", "overwrite", "new_dir", "repair", "recipe", "save_every", "save_interval",
-    "run.data_dir",
-)
+MUTABLE_FIELDS: tuple[str, ...] = (*common.STORE_FIELDS, "run.data_dir")
 """SupermaskConfig fields that may change when a run directory is resumed."""
 
 _KEYS = ("weights", "scores", "sample", "mask", "eval")
 
 
 @dataclasses.dataclass(frozen=True)
-class SupermaskConfig:
+class SupermaskConfig(common.RunOptions):
     """A supermask search run (``lotto supermask``).
 
     Attributes:
@@ -116,18 +112,6 @@ class SupermaskConfig:
       out: the run directory (layout in the module docs): ``config.json``,
         ``search/{init,final,metrics.json}``, ``export/{mask,scores,weights,...}``,
         ``results.json``.
-      recipe: a named preset of the papers' settings (``lotto recipes``): its
-        values are the defaults of every other flag, which override them.
-      save_every: steps between mid-training checkpoints, taken at evaluation
-        points; ``None``: every ``save_interval`` seconds.
-      save_interval: with ``save_every=None``, seconds of training between
-        mid-training checkpoints (at evaluation points); 0: at every evaluation.
-      overwrite: delete an existing run in ``out`` and start afresh.
-      new_dir: if ``out`` holds a run with another config, run in ``out_1``,
-        ``out_2``, ... instead of refusing.
-      repair: before running, verify every stored item, print the corrupt or
-        partial units and discard them, then recompute them
-        (:mod:`lotto_jax.runs.repair`).
     """
 
     run: RunConfig = dataclasses.field(
@@ -141,15 +125,10 @@ class SupermaskConfig:
     sign_mask: str = "random"
     other_params: str | None = None
     eval_samples: int = 5
-    out: str = "runs/supermask"
-    recipe: str | None = None
-    save_every: int | None = None
-    save_interval: float = 60.0
-    overwrite: bool = False
-    new_dir: bool = False
-    repair: bool = False
+    out: str = dataclasses.field(default="runs/supermask", kw_only=True)
 
     def __post_init__(self):
+        super().__post_init__()
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         set_("method", _choice("method", self.method, METHODS))
         set_("keep", _check_keep("keep", self.keep))
@@ -174,8 +153,6 @@ class SupermaskConfig:
             )
         if self.pretrained is not None and not os.path.exists(self.pretrained):
             raise ValueError(f"pretrained: no checkpoint at {self.pretrained!r}")
-        check_save_every(self.save_every)
-        check_save_interval(self.save_interval)
 
 
 def load_params(path: str, like: Params) -> Params:

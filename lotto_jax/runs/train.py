@@ -24,23 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from lotto_jax.runs.common import RunConfig
-from lotto_jax.runs.records import check_save_every, check_save_interval
+from lotto_jax.runs.common import STORE_FIELDS, RunConfig, RunOptions
 
 __all__ = ["MUTABLE_FIELDS", "PREFIX", "TrainCommand", "main"]
 
 PREFIX = "train"
 """The unit's directory in the run."""
 
-MUTABLE_FIELDS: tuple[str, ...] = (
-    "out", "overwrite", "new_dir", "repair", "save_every", "save_interval",
-    "run.data_dir", "recipe",
-)
+MUTABLE_FIELDS: tuple[str, ...] = (*STORE_FIELDS, "run.data_dir")
 """TrainCommand fields that may change when a run directory is resumed."""
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainCommand:
+class TrainCommand(RunOptions):
     """Train one network, dense or under a saved mask, and print a summary.
 
     Attributes:
@@ -53,32 +49,11 @@ class TrainCommand:
         ``train/`` (``final``: the trained weights; ``metrics.json``: the curve and
         accuracies) and ``results.json``. Rerunning the same command resumes a
         killed run; a finished one trains nothing.
-      save_every: steps between mid-training checkpoints, taken at evaluation
-        points; ``None``: every ``save_interval`` seconds.
-      save_interval: with ``save_every=None``, seconds of training between
-        checkpoints (at evaluation points); 0 checkpoints at every evaluation.
-      overwrite: delete an existing run in ``out`` and start afresh.
-      new_dir: if ``out`` holds a run with another config, run in ``out_1``,
-        ``out_2``, ... instead of refusing.
-      repair: before running, verify every stored item, print the corrupt ones
-        and discard them, then recompute what they held.
-      recipe: a named preset of the papers' settings (``lotto recipes``): its
-        values are the defaults of every other flag, which override them.
     """
 
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     mask: str | None = None
-    out: str = "runs/train"
-    save_every: int | None = None
-    save_interval: float = 60.0
-    overwrite: bool = False
-    new_dir: bool = False
-    repair: bool = False
-    recipe: str | None = None
-
-    def __post_init__(self):
-        check_save_every(self.save_every)
-        check_save_interval(self.save_interval)
+    out: str = dataclasses.field(default="runs/train", kw_only=True)
 
 
 def main(config: TrainCommand) -> Any:
