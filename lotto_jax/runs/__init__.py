@@ -11,7 +11,8 @@
 * One driver per command: :mod:`~lotto_jax.runs.train`,
   :mod:`~lotto_jax.runs.imp` (with :mod:`~lotto_jax.runs.imp_loop` and
   :mod:`~lotto_jax.runs.imp_rounds`),
-  :mod:`~lotto_jax.runs.pai`, :mod:`~lotto_jax.runs.supermask`.
+  :mod:`~lotto_jax.runs.pai`, :mod:`~lotto_jax.runs.supermask`,
+  :mod:`~lotto_jax.runs.dst`.
 * :mod:`~lotto_jax.runs.recipes`, :mod:`~lotto_jax.runs.report` (with
   :mod:`~lotto_jax.runs.report_kinds`),
   :mod:`~lotto_jax.runs.plots`, :mod:`~lotto_jax.runs.sweeps`,
@@ -23,6 +24,7 @@ this package.
 
 from lotto_jax.runs import (
     common,
+    dst,
     engine,
     imp,
     imp_loop,
@@ -55,6 +57,7 @@ __all__ = [
     "RunStore",
     "Unit",
     "common",
+    "dst",
     "engine",
     "imp",
     "imp_loop",

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "imp": ("lotto_jax.runs.imp", "ImpConfig", "main"),
     "pai": ("lotto_jax.runs.pai", "PaiConfig", "main"),
     "supermask": ("lotto_jax.runs.supermask", "SupermaskConfig", "main"),
+    "dst": ("lotto_jax.runs.dst", "DstConfig", "main"),
     "report": ("lotto_jax.runs.report", "ReportConfig", "main"),
     "recipes": ("lotto_jax.runs.recipes", "RecipesConfig", "main"),
     "ls": ("lotto_jax.runs.ls", "LsConfig", "main"),

@@ -26,7 +26,7 @@ class Recipe:
     Attributes:
       name: the name given to ``--recipe``.
       command: the ``lotto`` command it configures (``train``, ``imp``, ``pai``,
-        ``supermask``).
+        ``supermask``, ``dst``).
       source: the paper (and table / figure) or notebook whose setting it is.
       differs: what differs from that setting (budget, schedule, data), or ``""``.
       make: builds the command's config (a frozen dataclass) with the recipe's
@@ -109,6 +109,14 @@ def _edge_popup(model, dataset, validation):
                            weight_init="scaled-signed-constant", out="runs/edge_popup")
 
 
+def _dst(model, dataset, validation, **train):
+    from lotto_jax.runs.dst import DstConfig
+
+    return DstConfig(run=_run(model, dataset, validation, replicates=3, **train),
+                     method="rigl", density=0.05, distribution="erk", update_every=100,
+                     out="runs/dst")
+
+
 _SHORT_PAI = ("the papers prune VGG/ResNet on CIFAR; this is their procedure on "
               "{model} with a short budget ({steps} steps)")
 
@@ -152,6 +160,22 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         _SHORT_PAI.format(model="the MNIST-1D MLP", steps="1,500"),
         lambda: _pai("mnist1d_mlp", "mnist1d", 0, ("shuffle", "reinit", "invert"),
                      **_MNIST1D),
+    ),
+    Recipe(
+        "dst-lenet300", "dst",
+        "Evci et al. 2020 (RigL, arXiv:1911.11134; ERK, drop 0.3 cosine to 0 at 75 %, "
+        "update every 100 steps) and Frankle & Carbin's LeNet-300-100 optimiser; "
+        "--method static|set|gmp|granet for the others",
+        "6,000 steps (6.5 epochs) instead of RigL's 200 MNIST epochs; Adam 1.2e-3 "
+        "batch 60 instead of RigL's Nesterov SGD 0.2 batch 100; 3 replicates",
+        lambda: _dst("lenet300", "tfds:mnist", 5000, steps=6000, eval_every=500, **_LENET),
+    ),
+    Recipe(
+        "dst-mnist1d", "dst",
+        "Evci et al. 2020 (RigL, arXiv:1911.11134) on the MNIST-1D notebook's MLP and "
+        "optimiser; --method static|set|gmp|granet for the others",
+        "1,500 steps; the papers have no MNIST-1D result; 3 replicates",
+        lambda: _dst("mnist1d_mlp", "mnist1d", 0, **_MNIST1D),
     ),
     Recipe(
         "edge-popup-lenet300", "supermask",

@@ -1,0 +1,243 @@
+"""``lotto dst``: dynamic sparse training (static, GMP, SET, RigL, GraNet).
+
+One network (or replicates) whose mask changes inside the compiled loop
+(:mod:`lotto_jax.dst`). A run directory of one engine unit
+(:mod:`lotto_jax.runs.engine`)::
+
+  config.json      the resolved config
+  init             θ0 ``{"params", "model_state"}`` (a leading replicate axis when S > 1)
+  start_mask       the method's start mask (random at the density's per-layer
+                   distribution; all-True for GMP and a dense GraNet), stacked like init
+  dst/             the unit: ``checkpoints/step_N`` while it trains (the mask and the
+                   updater's state inside), ``final`` (``{"params", "model_state",
+                   "mask"}``: the trained weights and the last mask), ``metrics.json``
+  results.json     method, hyperparameters, the final mask's per-layer counts and
+                   density, the accuracies and the schedule (density and drop
+                   fraction at every update step)
+
+Replicate ``i`` starts from init seed ``seed + i``, data order ``data_seed + i`` and
+mask key ``fold_in(key(seed + i), 1)``. A killed run resumes from its latest
+checkpoint (mask included) when the same command is run again, bit for bit on CPU;
+one process writes a directory at a time; ``--repair`` discards corrupt items first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from lotto_jax.runs.common import STORE_FIELDS, RunConfig, RunOptions
+
+__all__ = ["MUTABLE_FIELDS", "PREFIX", "DstConfig", "main", "schedule", "updater"]
+
+PREFIX = "dst"
+"""The unit's directory in the run."""
+
+MUTABLE_FIELDS: tuple[str, ...] = (*STORE_FIELDS, "run.data_dir")
+"""DstConfig fields that may change when a run directory is resumed."""
+
+_DEFAULT_DROP = {"static": 0.0, "gmp": 0.0, "set": 0.3, "rigl": 0.3, "granet": 0.5}
+
+
+@dataclasses.dataclass(frozen=True)
+class DstConfig(RunOptions):
+    """Train a sparse network whose mask changes during training.
+
+    Attributes:
+      run: model, data, seeds and training hyperparameters.
+      method: ``static`` (a fixed random mask), ``gmp`` (gradual magnitude pruning
+        from dense), ``set``, ``rigl`` or ``granet``.
+      density: the target fraction of prunable weights kept, in (0, 1].
+      distribution: per-layer densities, ``erk`` or ``uniform``.
+      update_every: steps between mask updates (ΔT).
+      drop_fraction: SET's ζ, RigL's initial α (cosine-decayed to 0 at ``end``),
+        GraNet's initial regeneration rate; default 0.3 (SET, RigL), 0.5 (GraNet).
+      end: the last step at which the mask changes: RigL's cosine end, the end of
+        GMP's and GraNet's pruning; default 75 % of training (SET: never stops).
+      start: GMP and GraNet: the first pruning step.
+      initial_density: GMP and GraNet: the density pruning starts from (1.0: dense).
+      scope: GMP and GraNet: ``layerwise`` (each layer to its share) or ``global``
+        (one ranking); default: layerwise for GMP, global for GraNet.
+      dense: regular expressions of layers kept dense (e.g. ``Dense_0``), outside
+        the density budget as RigL's ``custom_sparsity_map``.
+      out: the run directory (layout in the module docs).
+    """
+
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    method: Literal["static", "gmp", "set", "rigl", "granet"] = "rigl"
+    density: float = 0.1
+    distribution: Literal["erk", "uniform"] = "erk"
+    update_every: int = 100
+    drop_fraction: float | None = None
+    end: int | None = None
+    start: int = 0
+    initial_density: float = 1.0
+    scope: Literal["layerwise", "global"] | None = None
+    dense: tuple[str, ...] = ()
+    out: str = dataclasses.field(default="runs/dst", kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        updater(self)  # every bad hyperparameter fails here, before any data is loaded
+
+
+def _end(config: DstConfig) -> int | None:
+    if config.end is not None:
+        return config.end
+    return None if config.method == "set" else max(1, int(0.75 * config.run.train.steps))
+
+
+def updater(config: DstConfig):
+    """The :class:`lotto_jax.dst.Updater` of ``config``."""
+    from lotto_jax import dst
+
+    if config.method not in dst.METHODS:
+        raise ValueError(f"method: expected one of {list(dst.METHODS)}, got {config.method!r}")
+    drop = _DEFAULT_DROP[config.method] if config.drop_fraction is None else config.drop_fraction
+    common = dict(distribution=config.distribution,
+                  overrides=dict.fromkeys(config.dense, 1.0) or None)
+    steps, end = config.run.train.steps, _end(config)
+    if config.method == "static":
+        return dst.static(config.density, **common)
+    if config.method in ("set", "rigl"):
+        kw = dict(drop_fraction=drop, update_every=config.update_every, end=end, **common)
+        return dst.set(config.density, **kw) if config.method == "set" else dst.rigl(
+            config.density, **kw)
+    gradual = dict(end=end, start=config.start, update_every=config.update_every,
+                   initial_density=config.initial_density, **common)
+    if config.method == "gmp":
+        return dst.gmp(config.density, scope=config.scope or "layerwise", **gradual)
+    return dst.granet(config.density, total=max(steps, end), drop_fraction=drop,
+                      scope=config.scope or "global", **gradual)
+
+
+def schedule(config: DstConfig) -> list[dict[str, float]]:
+    """``[{"step", "density", "drop_fraction"}]`` at every update step: the
+    method's planned density (GMP, GraNet; else the target) and exchanged
+    fraction (SET, RigL, GraNet; else 0), from the closed forms."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lotto_jax import dst
+
+    u, steps, end = updater(config), config.run.train.steps, _end(config)
+    drop = _DEFAULT_DROP[config.method] if config.drop_fraction is None else config.drop_fraction
+    s = jnp.arange(1, steps + 1)
+    at = np.flatnonzero(np.asarray(u.fires(s)))
+    density = np.full(steps, config.density)
+    frac = np.zeros(steps)
+    if config.method in ("gmp", "granet"):
+        density = np.asarray(dst.gmp_density(s, initial=config.initial_density,
+                                             final=config.density, start=config.start,
+                                             end=end))
+    if config.method == "set":
+        frac = np.full(steps, drop)
+    elif config.method == "rigl":
+        frac = np.asarray(dst.cosine_fraction(s, initial=drop, end=end))
+    elif config.method == "granet":
+        frac = np.asarray(dst.cosine_fraction(s, initial=drop, end=max(steps, end),
+                                              final=0.005))
+    return [{"step": int(i + 1), "density": float(density[i]), "drop_fraction": float(frac[i])}
+            for i in at]
+
+
+def main(config: DstConfig) -> Any:
+    """Runs ``lotto dst`` in ``config.out`` (resuming what is there).
+
+    Returns:
+      The ``results.json`` record.
+
+    Raises:
+      ValueError: a bad hyperparameter (naming it), before anything is loaded.
+      lotto_jax.runs.store.RunLockedError: another process writes ``config.out``.
+      lotto_jax.runs.store.ConfigMismatchError: ``config.out`` holds another run.
+      lotto_jax.runs.store.CorruptCheckpointError: a stored item is altered.
+    """
+    from lotto_jax.runs import common
+
+    return common.run_in_store(config, MUTABLE_FIELDS, lambda store: _main(config, store))
+
+
+def _start(config: DstConfig, prep):
+    """``(θ0, data keys, mask keys)`` of the replicates (stacked when S > 1)."""
+    import jax
+
+    from lotto_jax.runs import common
+
+    n = config.run.replicates
+    seeds = [config.run.seed + i for i in range(n)]
+    if n > 1:
+        variables = common.replicate_variables(
+            prep.module, prep.dataset.input_shape, config.run.seed, n)
+        data_key = common.replicate_data_keys(config.run.data_seed, n)
+    else:
+        variables, data_key = prep.variables, prep.data_key
+    keys = [jax.random.key_data(jax.random.fold_in(jax.random.key(s), 1)) for s in seeds]
+    theta0 = {"params": variables["params"],
+              "model_state": {k: v for k, v in variables.items() if k != "params"}}
+    return theta0, data_key, (common.stack(keys) if n > 1 else keys[0])
+
+
+def _main(config: DstConfig, store) -> Any:
+    import jax
+
+    from lotto_jax import masks, train
+    from lotto_jax.runs import common
+    from lotto_jax.runs.engine import Engine, Unit, abstract
+    from lotto_jax.runs.records import layer_counts
+    from lotto_jax.runs.writer import Clock, WriteBehind
+
+    u = updater(config)
+    prep = common.prepare(config.run)
+    trainer = train.make_trainer(
+        train.classifier(prep.module), config.run.train,
+        num_train=prep.dataset.train.x.shape[0], mesh=prep.mesh, updater=u)
+    stacked = config.run.replicates > 1
+    theta0, data_key, keys = _start(config, prep)
+    u.init(prep.params, jax.random.key(0))  # checks every layer keeps a weight
+    all_true = masks.init(prep.params)
+    target = common.stack([all_true] * config.run.replicates) if stacked else all_true
+
+    def make_mask():
+        one = lambda p, k: u.initial_mask(p, jax.random.wrap_key_data(k))  # noqa: E731
+        return jax.vmap(one)(theta0["params"], keys) if stacked else one(theta0["params"], keys)
+
+    clock = Clock()
+    writer = WriteBehind(store, clock)
+    try:
+        engine = Engine(trainer, prep.dataset, data_key, writer, stacked=stacked,
+                        mesh=prep.mesh, save_every=config.save_every,
+                        save_interval=config.save_interval, clock=clock)
+        start = engine.load_or("init", abstract(theta0), lambda: theta0)
+        mask = engine.load_or("start_mask", abstract(target), make_mask)
+        (done,) = engine.run(
+            [Unit(PREFIX, f"{config.method} {config.density:g}", start, mask, key=keys)],
+            lambda names: "+".join(names), metrics_fn=lambda unit, res: res.metrics())
+        final = done.final if done.final is not None else engine.final(
+            PREFIX, abstract({**theta0, "mask": target}))
+        writer.close()
+    except BaseException:
+        writer.close(raise_errors=False)
+        raise
+    result = train.summarize([train.EvalRecord(**r) for r in done.metrics["curve"]])
+    summary = {
+        "method": config.method,
+        "model": config.run.model,
+        "dataset": config.run.dataset,
+        "steps": config.run.train.steps,
+        "replicates": config.run.replicates,
+        "target_density": config.density,
+        "distribution": config.distribution,
+        **layer_counts(final["mask"], masks.default_prunable, stacked),
+        "final_test_accuracy": result.final_test_accuracy,
+        "best_test_accuracy": result.best_test_accuracy,
+        "early_stop_step": result.early_stop_step,
+        "early_stop_test_accuracy": result.early_stop_test_accuracy,
+        "schedule": schedule(config),
+    }
+    store.write_json("results.json", summary)
+    from lotto_jax.runs.train import _print_table
+
+    _print_table(f"lotto dst: {config.method} on {config.run.model} / {config.run.dataset}",
+                 {k: v for k, v in summary.items() if k not in ("schedule", "layers")})
+    return summary
