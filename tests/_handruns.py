@@ -177,14 +177,62 @@ def imp_done(directory):
                  extra={"driver.json": {"rewind": "init"}})
 
 
+# --------------------------------------------------------------------- DST
+def dst_config(method, density):
+    return {"run": run_config(2), "method": method, "density": density,
+            "distribution": "erk", "update_every": 10, "drop_fraction": None, "end": None,
+            "start": 0, "initial_density": 1.0, "scope": None, "dense": []}
+
+
+# test accuracy per evaluation, two replicates
+RIGL_10 = [[0.10, 0.10], [0.60, 0.70], [0.80, 0.90]]
+RIGL_5 = [[0.10, 0.10], [0.50, 0.70], [0.70, 0.74]]
+STATIC_10 = [[0.10, 0.10], [0.50, 0.50], [0.60, 0.70]]
+RIGL_2 = [[0.10, 0.10], [0.30, 0.50]]  # killed after its step-10 checkpoint
+SCHEDULE = [{"step": 10, "density": 0.1, "drop_fraction": 0.3},
+            {"step": 20, "density": 0.1, "drop_fraction": 0.15}]
+
+
+def dst_done(directory, method="rigl", density=0.1, points=RIGL_10, schedule=SCHEDULE):
+    """A finished ``lotto dst`` run: ``init``, ``start_mask``, the unit ``dst`` and
+    ``results.json`` (its final mask kept ``density`` of the weights)."""
+    fit = {k: v for k, v in fit_metrics(points).items() if k != "curve"}
+    results = {"method": method, "model": "mlp", "dataset": "npz:tiny.npz",
+               "steps": STEPS, "replicates": 2, "target_density": density,
+               "distribution": "erk", "density": density, "kept": [10, 10], "total": 100,
+               "layers": {}, **fit, "schedule": schedule}
+    units = {"dst": {"items": ("final",), "curve": curve(*points),
+                     "metrics": fit_metrics(points)}}
+    return build(directory, dst_config(method, density), units=units,
+                 top=("init", "start_mask"), results=results)
+
+
+def dst_unfinished(directory):
+    """``lotto dst`` (RigL at 2 %) killed after its step-10 checkpoint."""
+    units = {"dst": {"curve": curve(*RIGL_2), "step": 10}}
+    return build(directory, dst_config("rigl", 0.02), units=units,
+                 top=("init", "start_mask"))
+
+
 BUILDERS = {"pai": pai_done, "pai_unfinished": pai_unfinished,
             "supermask": supermask_done, "train": train_done, "imp": imp_done}
 
+DST_BUILDERS = {
+    "rigl_d0.1": dst_done,
+    "rigl_d0.05": lambda d: dst_done(d, "rigl", 0.05, RIGL_5),
+    "static_d0.1": lambda d: dst_done(d, "static", 0.1, STATIC_10, []),
+    "rigl_d0.02": dst_unfinished,
+}
+"""Hand-written ``lotto dst`` runs (a sweep as ``experiments/dst_compare.sh``
+lays it out), apart from :data:`BUILDERS` so that the tests over those keep
+their directory."""
 
-def templates(directory):
-    """Every hand-written run under ``directory`` (once per session)."""
+
+def templates(directory, builders=None):
+    """Every hand-written run of ``builders`` (default :data:`BUILDERS`) under
+    ``directory`` (once per session)."""
     out = {}
-    for name, fn in BUILDERS.items():
+    for name, fn in (BUILDERS if builders is None else builders).items():
         path = os.path.join(directory, name)
         if not os.path.exists(os.path.join(path, "config.json")):
             shutil.rmtree(path, ignore_errors=True)

@@ -323,3 +323,152 @@ def test_repair_of_a_garbled_marker_keeps_the_final(runs, tmp_path):
     view = layout.read(d)
     assert view.units["variants/snip"].status == "training"  # its final awaits the marker
     assert [view.units[f"variants/{v}"].status for v in ("shuffle", "reinit")] == ["done"] * 2
+
+
+# ------------------------------------------------------------------ dst runs
+# Hand-written lotto dst runs (tests/_handruns.py DST_BUILDERS), two replicates:
+# rigl at 10 % final (0.80, 0.90), at 5 % (0.70, 0.74), static at 10 % (0.60, 0.70),
+# rigl at 2 % killed after its step-10 checkpoint (curve so far (0.1, 0.1), (0.3, 0.5)).
+
+
+@pytest.fixture(scope="module")
+def dst_runs(tmp_path_factory):
+    from _handruns import DST_BUILDERS
+
+    return templates(str(tmp_path_factory.mktemp("dst_handruns")), DST_BUILDERS)
+
+
+def test_dst_report_table_curves_and_schedule(dst_runs, tmp_path, capsys):
+    d = copy(dst_runs, "rigl_d0.1", tmp_path)
+    rep = cli_run(["report", d, "--figures", str(tmp_path / "fig")])
+    assert rep.run.kind == "dst"
+    header, rows = report_kinds.table(rep.run)
+    assert header == ["method", "status", "% weights", "final acc", "ES step", "acc @ ES",
+                      "best acc", "target %", "updates"]
+    assert rows == [["rigl", "done", "10.00", "85.00 ± 5.00", "-", "-", "85.00 ± 5.00",
+                     "10.00", "2"]]
+    out = capsys.readouterr().out
+    assert "DST: rigl at 10% (erk, update every 10) on mlp / npz:tiny.npz (2 replicates" in out
+    assert [os.path.basename(p) for p in rep.figures] == ["curves.png", "schedule.png"]
+    for p in rep.figures:
+        assert open(p, "rb").read(8) == PNG
+    fig = report_kinds.curves_figure(rep.run)
+    ((label, (x, y)),) = lines_of(fig).items()
+    assert label == "rigl" and x == [0, 10, 20]
+    np.testing.assert_allclose(y, [10, 65, 85])
+    np.testing.assert_allclose(band_limits(fig.axes[0], "rigl"),
+                               [(10, 10), (60, 70), (80, 90)], atol=1e-9)
+    top, bottom = report_kinds.schedule_figure(rep.run).axes
+    ((steps, density),) = [(list(ln.get_xdata()), list(ln.get_ydata()))
+                           for ln in top.get_lines()]
+    ((steps2, drop),) = [(list(ln.get_xdata()), list(ln.get_ydata()))
+                         for ln in bottom.get_lines()]
+    assert steps == steps2 == [10, 20]
+    np.testing.assert_allclose(density, [10.0, 10.0])  # percent
+    np.testing.assert_allclose(drop, [0.3, 0.15])
+    # a static run makes no update: no schedule figure
+    rep = cli_run(["report", copy(dst_runs, "static_d0.1", tmp_path),
+                   "--figures", str(tmp_path / "fig_static")])
+    assert report_kinds.table(rep.run)[1][0][-1] == "0"
+    assert [os.path.basename(p) for p in rep.figures] == ["curves.png"]
+
+
+def test_unfinished_dst_report_marks_how_far_it_got(dst_runs, tmp_path):
+    d = copy(dst_runs, "rigl_d0.02", tmp_path)
+    rep = report.main(report.ReportConfig(dir=d, figures=str(tmp_path / "fig")))
+    assert report_kinds.table(rep.run)[1] == [["rigl", "training 10/20", *["-"] * 7]]
+    assert "DST: rigl at 2%" in rep.table and "[unfinished: 0/1 units done]" in rep.table
+    assert [os.path.basename(p) for p in rep.figures] == ["curves.png"]
+    ((label, (x, y)),) = lines_of(report_kinds.curves_figure(rep.run)).items()
+    assert label == "rigl (training 10/20)" and x == [0, 10]
+    np.testing.assert_allclose(y, [10, 40])
+
+
+def test_kind_of_dst_runs_is_not_pai(dst_runs):
+    from _handruns import PAI_CONFIG, dst_config
+
+    assert {layout.run_kind(p) for p in dst_runs.values()} == {"dst"}
+    assert layout.kind_of(dst_config("rigl", 0.1), "/nowhere") == "dst"
+    assert layout.kind_of(PAI_CONFIG, "/nowhere") == "pai"  # method and density too
+    assert layout.kind_of({}, dst_runs["rigl_d0.02"]) == "dst"  # from the layout
+    assert layout.kind_of({}, dst_runs["rigl_d0.1"]) == "dst"
+
+
+def test_report_of_a_sweep_of_dst_and_pai_runs(runs, dst_runs, tmp_path):
+    """As experiments/dst_compare.sh lays it out: dst runs per method and density
+    beside a PaI run. Tables and the accuracy-vs-density lines by hand: mean of
+    the two replicates' final accuracies, population std |a - b| / 2."""
+    top = tmp_path / "sweep"
+    for name in dst_runs:
+        copy(dst_runs, name, top)
+    copy(runs, "pai", top, "snip_d0.1")
+    rep = cli_run(["report", str(top), "--figures", str(tmp_path / "fig")])
+    assert [t[0] for t in rep.tables] == ["pruning at initialisation",
+                                          "dynamic sparse training"]
+    _, header, rows = rep.tables[1]
+    assert header == ["method", "% weights", "final test accuracy", "best", "final mask %",
+                      "updates"]
+    assert rows == [
+        ["rigl", "10", "85.00 ± 5.00", "85.00 ± 5.00", "10.00", "2"],
+        ["rigl", "5", "72.00 ± 2.00", "72.00 ± 2.00", "5.00", "2"],
+        ["rigl (unfinished)", "2", "-", "-", "-", "-"],
+        ["static", "10", "65.00 ± 5.00", "65.00 ± 5.00", "10.00", "0"],
+    ]
+    assert sorted(os.path.basename(p) for p in rep.figures) == [
+        "dst_accuracy.png", "pai_accuracy.png", "pai_sanity_checks.png"]
+    for p in rep.figures:
+        assert open(p, "rb").read(8) == PNG
+    series = sweeps.dst_series(rep.runs)
+    assert list(series) == ["rigl", "static", "snip (at init)"]  # no point at 2 %: unfinished
+    want = {"rigl": ([5, 10], [72, 85], [2, 5]), "static": ([10], [65], [5]),
+            "snip (at init)": ([10], [85], [5])}
+    for label, (x, mean, std) in want.items():
+        for got, expected in zip(series[label], (x, mean, std), strict=True):
+            np.testing.assert_allclose(got, expected, atol=1e-9, err_msg=label)
+
+
+def test_ls_over_a_mixed_directory_with_dst_runs(runs, dst_runs, tmp_path, capsys):
+    top = tmp_path / "runs"
+    for name in runs:
+        copy(runs, name, top)
+    for name in ("rigl_d0.1", "rigl_d0.02"):
+        copy(dst_runs, name, top)
+    infos = ls.main(ls.LsConfig(dir=str(top)))
+    out = capsys.readouterr().out
+    by = {os.path.basename(i.path): i for i in infos}
+    assert {k: i.kind for k, i in by.items()} == {
+        "imp": "imp", "pai": "pai", "pai_unfinished": "pai", "supermask": "supermask",
+        "train": "train", "rigl_d0.1": "dst", "rigl_d0.02": "dst"}
+    done, partial = by["rigl_d0.1"], by["rigl_d0.02"]
+    assert (done.status, done.progress, done.accuracy, done.density) == (
+        "done", "units 1/1", pytest.approx(0.85), 0.1)  # mean best of (0.80, 0.90)
+    assert (partial.status, partial.progress, partial.accuracy, partial.density) == (
+        "partial", "units 0/1, step 10/20", None, 0.02)
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["rigl_d0.1"][:5] == ["rigl_d0.1", "dst", "done", "units", "1/1"]
+    assert "85.00%" in rows["rigl_d0.1"] and "10%" in rows["rigl_d0.1"]
+    assert rows["rigl_d0.02"][1:3] == ["dst", "partial"]
+
+
+DST_CASES = [
+    # (run, corrupt item, discarded in deletion order)
+    ("rigl_d0.1", "start_mask", ["results.json", "dst", "start_mask"]),
+    ("rigl_d0.1", "init", ["results.json", "dst", "init"]),
+    ("rigl_d0.1", "dst/final", ["results.json", "dst"]),
+    ("rigl_d0.1", "-dst/final", ["results.json", "dst"]),
+    ("rigl_d0.1", "dst/metrics.json", ["results.json", "dst/metrics.json"]),
+    ("rigl_d0.1", "results.json", ["results.json"]),
+    ("rigl_d0.02", "dst/checkpoints/step_00000010", ["dst/checkpoints/step_00000010"]),
+]
+
+
+@pytest.mark.parametrize(("name", "item", "expected"), DST_CASES,
+                         ids=[f"{n}:{i}" for n, i, _ in DST_CASES])
+def test_repair_plan_of_each_dst_corruption(dst_runs, tmp_path, name, item, expected):
+    """The start mask is every unit's start, as a run-level init is."""
+    d = copy(dst_runs, name, tmp_path)
+    assert scan(RunStore(d)) == []
+    _corrupt(d, item)
+    problems = scan(RunStore(d))
+    assert [p.item for p in problems] == [item.lstrip("-")]
+    assert [x.name for x in plan(d, problems)] == expected

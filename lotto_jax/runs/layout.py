@@ -17,13 +17,16 @@ kind           config fields                                   units
 ``pai``        ``method`` and ``density``                      ``variants/NAME``
 ``supermask``  ``method`` and ``keep``                         ``search``
 ``train``      ``run`` and ``mask``                            ``train``
+``dst``        ``method``, ``density`` and ``update_every``    ``dst``
 =============  ==============================================  ======================
 
-and, when the config says nothing, from the layout (``round_000/``, ``variants/``,
-``search/``, ``train/``, the fields of ``results.json``). A *unit* is one network
+(``dst`` is told apart from ``pai``, whose configs also have ``method`` and
+``density``, by ``update_every``), and, when the config says nothing, from the
+layout (``round_000/``, ``variants/``, ``search/``, ``train/``, ``dst/``, the
+fields of ``results.json``). A *unit* is one network
 trained by the engine (:mod:`lotto_jax.runs.engine`): a directory holding any of
 ``mask``, ``init``, ``checkpoints/``, ``final`` and ``metrics.json`` (written last:
-the unit is finished iff it exists). ``results.json`` (pai, supermask, train) is
+the unit is finished iff it exists). ``results.json`` (pai, supermask, train, dst) is
 written after every unit finished: the run is done iff it exists.
 """
 
@@ -53,13 +56,14 @@ __all__ = [
     "unit_of",
 ]
 
-KINDS = ("imp", "pai", "supermask", "train")
+KINDS = ("imp", "pai", "supermask", "train", "dst")
 _MANIFEST = ".manifest.json"
 _UNIT = {
     "imp": re.compile(r"(?:controls/[^/]+/)?round_\d+"),
     "pai": re.compile(r"variants/[^/]+"),
     "supermask": re.compile(r"search"),
     "train": re.compile(r"train"),
+    "dst": re.compile(r"dst"),
 }
 _MARKS = ("config.json", "results.json", "result.json")
 
@@ -144,6 +148,8 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
       'imp'
       >>> kind_of({"method": "snip", "density": 0.1}, "/nowhere")
       'pai'
+      >>> kind_of({"method": "rigl", "density": 0.1, "update_every": 100}, "/nowhere")
+      'dst'
       >>> kind_of({}, "/nowhere")
       '?'
     """
@@ -151,6 +157,8 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
     if ("rounds" in c and "rewind" in c) or os.path.exists(
             os.path.join(directory, "driver.json")):
         return "imp"
+    if "method" in c and "density" in c and "update_every" in c:  # before pai: both
+        return "dst"  # have a method and a density
     if "method" in c and "density" in c:
         return "pai"
     if "method" in c and "keep" in c:
@@ -159,12 +167,14 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
         return "train"
     if any(re.fullmatch(r"round_\d+", n) for n in _listdir(directory)):
         return "imp"
-    for kind, sub in (("pai", "variants"), ("supermask", "search"), ("train", "train")):
+    for kind, sub in (("pai", "variants"), ("supermask", "search"), ("train", "train"),
+                      ("dst", "dst")):
         if _isdir(directory, sub):
             return kind
     results, _ = load_json(os.path.join(directory, "results.json"))
     if isinstance(results, dict) and "method" in results:
-        return "pai" if "variants" in results else "supermask" if "keep" in results else "?"
+        return ("pai" if "variants" in results else "supermask" if "keep" in results
+                else "dst" if "schedule" in results else "?")
     return "train" if os.path.exists(os.path.join(directory, "result.json")) else "?"
 
 
@@ -232,8 +242,8 @@ def expected_units(kind: str, config: Mapping[str, Any]) -> list[str] | None:
         return [f"variants/{v}" for v in [config["method"], *(config.get("controls") or ())]]
     if kind == "supermask":
         return ["search"]
-    if kind == "train":
-        return ["train"]
+    if kind in ("train", "dst"):
+        return [kind]
     return None
 
 
@@ -251,8 +261,8 @@ def unit_dirs(directory: str, kind: str) -> list[str]:
     if kind == "pai":
         return [f"variants/{n}" for n in _listdir(directory, "variants")
                 if _isdir(directory, "variants", n)]
-    if kind in ("supermask", "train"):
-        name = "search" if kind == "supermask" else "train"
+    if kind in ("supermask", "train", "dst"):
+        name = "search" if kind == "supermask" else kind
         return [name] if _isdir(directory, name) else []
     return []
 
@@ -339,7 +349,7 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind in ("pai", "supermask", "train"):
+    if kind in ("pai", "supermask", "train", "dst"):
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):
@@ -372,7 +382,7 @@ def entry(view: RunView, prefix: str) -> dict[str, Any]:
     if view.results is not None:
         if view.kind == "pai":
             part = (view.results.get("variants") or {}).get(prefix.split("/", 1)[-1])
-        elif view.kind in ("supermask", "train"):
+        elif view.kind in ("supermask", "train", "dst"):
             part = view.results
         else:
             part = None

@@ -2,11 +2,12 @@
 accuracy and lock holder.
 
 A run is a directory holding ``config.json``: an IMP run (``lotto imp``), a
-pruning-at-init run (``lotto pai``), a supermask search (``lotto supermask``) or a
-training (``lotto train``); :mod:`lotto_jax.runs.layout` reads each. The search is
+pruning-at-init run (``lotto pai``), a supermask search (``lotto supermask``), a
+training (``lotto train``) or a dynamic sparse training (``lotto dst``);
+:mod:`lotto_jax.runs.layout` reads each. The search is
 recursive and stops at a run (runs do not nest). Per run:
 
-* **kind**: ``imp``, ``pai``, ``supermask`` or ``train``
+* **kind**: ``imp``, ``pai``, ``supermask``, ``train`` or ``dst``
   (:func:`lotto_jax.runs.layout.kind_of`; ``?`` when unrecognisable).
 * **status**: ``done``, ``partial`` or ``corrupt``. ``done``: IMP when rounds
   ``0..rounds`` and every configured control of rounds ``1..rounds`` have their
@@ -20,11 +21,13 @@ recursive and stops at a run (runs do not nest). Per run:
 * **progress**: IMP ``rounds R/N`` (R: the last round finished with all rounds
   before it; ``-`` when none) and ``controls C/M``; the others ``units F/T``
   (finished units of those the config names: PaI variants, the supermask search,
-  the training) and, while a unit trains, ``step S/T`` of its latest checkpoint.
+  the training, the dst unit) and, while a unit trains, ``step S/T`` of its latest
+  checkpoint.
 * **best acc**: the best test accuracy (mean over replicates) with the density it
   was reached at: IMP of the last finished round, PaI of the method's variant,
-  supermask of the search, train of the network; from the finished units of an
-  unfinished run.
+  supermask of the search, train of the network, dst of the network with its final
+  mask's density (the target density while it trains); from the finished units of
+  an unfinished run.
 * **note**: who holds the lock (``running: pid ... on host ...``) or a stale lock.
 
 With ``--no-verify`` checkpoints are not re-hashed (only records are read): fast on
@@ -64,7 +67,7 @@ class RunInfo(NamedTuple):
 
     Attributes:
       path: the run directory.
-      kind: ``"imp"``, ``"pai"``, ``"supermask"``, ``"train"`` or ``"?"``.
+      kind: ``"imp"``, ``"pai"``, ``"supermask"``, ``"train"``, ``"dst"`` or ``"?"``.
       status: ``"done"``, ``"partial"`` or ``"corrupt"``.
       progress: e.g. ``"rounds 7/15, controls 14/30"`` or ``"steps 400/1000"``.
       accuracy: the headline best test accuracy (a fraction; mean over replicates),
@@ -153,14 +156,15 @@ def _imp(view: layout.RunView, verify: bool) -> RunInfo:
 
 def _headline(view: layout.RunView) -> tuple[float | None, float | None]:
     """The best test accuracy of the run's main unit (a PaI run's method, the
-    supermask search, the training) and the density it was reached at."""
+    supermask search, the training, the dst network) and the density it was
+    reached at."""
     c, res = view.config, view.results or {}
     prefix = {"pai": f"variants/{c.get('method') or res.get('method')}",
-              "supermask": "search", "train": "train"}[view.kind]
+              "supermask": "search", "train": "train", "dst": "dst"}[view.kind]
     e = layout.entry(view, prefix)
     density = e.get("density")
     if density is None:
-        density = c.get("density") if view.kind == "pai" else c.get("keep")
+        density = c.get("density") if view.kind in ("pai", "dst") else c.get("keep")
     return _mean(e.get("best_test_accuracy")), _mean(density)
 
 

@@ -5,7 +5,8 @@ line per label (with a ±std band when ``y_std`` is given, e.g. over replicates)
 writes a PNG. The IMP report (accuracy and early-stop iteration vs percent of weights
 remaining), pruning-at-initialisation reports (accuracy vs density per method) and
 supermask reports (accuracy vs fraction of weights kept) all go through
-:func:`metric_vs_density`; training curves through :func:`curves`. Use
+:func:`metric_vs_density`; training curves through :func:`curves`; a dynamic
+sparse training's mask schedule through :func:`schedule_figure`. Use
 :func:`mean_std` to turn per-point values that may carry a replicate axis into
 ``(mean, std)``.
 
@@ -35,6 +36,7 @@ __all__ = [
     "mean_std",
     "metric_vs_density",
     "save",
+    "schedule_figure",
 ]
 
 Series = tuple[Sequence[float], Sequence[float], Sequence[float] | None]
@@ -226,3 +228,51 @@ def curves(
 ) -> str:
     """Writes :func:`curve_figure` as a PNG at ``path``; returns ``path``."""
     return save(curve_figure(series, xlabel=xlabel, ylabel=ylabel, title=title), path)
+
+
+def schedule_figure(
+    steps: Sequence[float],
+    density: Sequence[float],
+    drop_fraction: Sequence[float],
+    *,
+    title: str | None = None,
+):
+    """A dynamic sparse training's mask schedule: density (in percent, top panel)
+    and drop fraction (bottom panel) at every mask update, against the step.
+
+    Args:
+      steps: the update steps.
+      density: the fraction of prunable weights kept after each update.
+      drop_fraction: the fraction of kept weights exchanged at each update.
+      title: optional title (over the top panel).
+
+    Returns:
+      The matplotlib ``Figure``: two ``Axes`` sharing the step axis, one line
+      each (``density`` and ``drop fraction``).
+
+    Raises:
+      ValueError: no step, or lengths that differ.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = np.asarray(steps, float)
+    d, f = np.asarray(density, float), np.asarray(drop_fraction, float)
+    if x.size == 0:
+        raise ValueError("steps: no mask update to plot")
+    if not x.shape == d.shape == f.shape:
+        raise ValueError(f"schedule: steps {x.shape}, density {d.shape} and "
+                         f"drop_fraction {f.shape} differ in length")
+    fig = Figure(figsize=(6.4, 5.2), dpi=120)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    top.plot(x, 100 * d, marker="o", markersize=3, label="density")
+    top.set_ylabel("Density (% of weights)")
+    bottom.plot(x, f, marker="o", markersize=3, color="C1", label="drop fraction")
+    bottom.set_ylabel("Drop fraction")
+    bottom.set_xlabel("Training iteration")
+    for ax in (top, bottom):
+        ax.grid(True, alpha=0.3)
+    if title:
+        top.set_title(title)
+    return fig

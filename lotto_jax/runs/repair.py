@@ -9,7 +9,7 @@ would (bit for bit on CPU: every unit is a deterministic function of the config)
 It works on every kind of run (:mod:`lotto_jax.runs.layout`): a *unit* is a
 directory holding any of ``mask``, ``init``, ``checkpoints/``, ``final`` and
 ``metrics.json`` (``round_NNN``, ``controls/C/round_NNN``, ``variants/NAME``,
-``search``, ``train``).
+``search``, ``train``, ``dst``).
 
 What is checked (:func:`scan`): every item with a manifest (``X.manifest.json``,
 :meth:`~lotto_jax.runs.store.RunStore.verify`), every finished unit (its
@@ -32,14 +32,15 @@ What is discarded for a corrupt item (:func:`plan`), IMP runs:
 * ``init`` (θ0) or ``driver.json``: that item alone; the next run writes it again
   from the seed and its arguments.
 
-Other kinds (``pai``, ``supermask``, ``train``):
+Other kinds (``pai``, ``supermask``, ``train``, ``dst``):
 
 * a mid-run checkpoint: that checkpoint alone;
 * a unit's ``final``, ``mask`` or ``init``: that unit;
 * a unit's garbled ``metrics.json`` whose ``final`` is intact: the marker alone
   (the engine completes the unit again from the curve stored with its final);
-* a run-level ``init`` or ``mask``: every unit depends on it, so every unit goes
-  (the listing says so), then the item;
+* a run-level ``init``, ``mask`` or ``start_mask`` (dst: the mask its training
+  starts from): every unit depends on it, so every unit goes (the listing says
+  so), then the item;
 * an item of a supermask's ``export/``: that item (written again from the search);
   the ``search`` unit takes every export with it;
 * ``results.json`` goes whenever anything else does (it is written last, from every
@@ -75,6 +76,7 @@ _MANIFEST = ".manifest.json"
 _UNIT = re.compile(r"^(?P<unit>(?:controls/(?P<control>[^/]+)/)?round_(?P<round>\d+))(?:/|$)")
 _STEP = re.compile(r"^(?P<unit>.+)/checkpoints/step_(?P<step>\d+)$")
 _RESULTS = ("results.json", "result.json")
+_SHARED = ("init", "mask", "start_mask")  # run-level items every unit starts from
 
 
 class Problem(NamedTuple):
@@ -232,7 +234,7 @@ def _plan_units(directory: str, problems: list[Problem], kind: str) -> dict[str,
         if unit is None:
             items[p.item] = reason + ("" if p.item in _RESULTS or p.item.startswith("export/")
                                       else "; written again by the next run")
-            if p.item in ("init", "mask"):
+            if p.item in _SHARED:
                 everything.append(p.item)
         elif (m := _STEP.match(p.item)) and m["unit"] == unit:
             items[p.item] = reason + f"; {unit} resumes from an earlier checkpoint or its start"

@@ -1,7 +1,7 @@
 """``lotto report``: the table and figures of a finished (or running) run.
 
 :func:`main` dispatches on the directory's kind (:mod:`lotto_jax.runs.layout`): an
-IMP run is reported here, a PaI / supermask / train run by
+IMP run is reported here, a PaI / supermask / train / dst run by
 :mod:`lotto_jax.runs.report_kinds`, a directory of runs by
 :mod:`lotto_jax.runs.sweeps`. For an IMP run:
 
@@ -49,7 +49,7 @@ class ReportConfig:
     """Tables and figures of a run: ``lotto report runs/imp``.
 
     ``DIR`` is a run directory of any command (``imp``, ``pai``, ``supermask``,
-    ``train``; an unfinished run is reported as far as it got, marked so), or a
+    ``train``, ``dst``; an unfinished run is reported as far as it got, marked so), or a
     directory of runs (a sweep: one table per kind and accuracy-vs-density figures
     over all of them, see :mod:`lotto_jax.runs.sweeps`).
 
@@ -316,7 +316,7 @@ def main(config: ReportConfig) -> Report | Any:
     """Prints the table of ``config.dir`` and writes its figures.
 
     Dispatches on what the directory holds (:func:`lotto_jax.runs.layout.kind_of`):
-    an IMP run (this module), a PaI, supermask or train run
+    an IMP run (this module), a PaI, supermask, train or dst run
     (:func:`lotto_jax.runs.report_kinds.main`), or a directory of runs, a sweep
     (:func:`lotto_jax.runs.sweeps.main`, whose return value is returned).
 
@@ -330,7 +330,7 @@ def main(config: ReportConfig) -> Report | Any:
         raise FileNotFoundError(
             f"{d}: no such run directory" + (" (it is a file)" if os.path.exists(d) else ""))
     kind = layout.run_kind(d)
-    if kind in ("pai", "supermask", "train") and layout.is_run(d):
+    if kind in ("pai", "supermask", "train", "dst") and layout.is_run(d):
         return report_kinds.main(d, figures_dir=config.figures)
     if kind != "imp" and (layout.find_runs(d) or not layout.is_run(d)):
         return sweeps.main(d, figures_dir=config.figures)

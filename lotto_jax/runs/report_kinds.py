@@ -1,9 +1,9 @@
-"""``lotto report`` of a PaI, supermask or train run: one table row per unit and
-the test-accuracy curves.
+"""``lotto report`` of a PaI, supermask, train or dst run: one table row per unit
+and the test-accuracy curves.
 
 The run is read by :func:`lotto_jax.runs.layout.read`: every unit the config names
 (PaI: the method and each control, ``variants/NAME``; supermask: ``search``;
-train: ``train``), finished or not. A finished unit shows its outcome
+train: ``train``; dst: ``dst``), finished or not. A finished unit shows its outcome
 (:func:`lotto_jax.runs.layout.entry`: its ``metrics.json`` overlaid with its part
 of ``results.json``); an unfinished one its status (``training S/T`` from its
 latest checkpoint, ``pending``, ``corrupt``) and ``-``, and the title says the run
@@ -13,9 +13,12 @@ std) and drawn with ±std bands.
 Columns: the unit, its status, % of weights remaining, final test accuracy,
 early-stop step, test accuracy there, best test accuracy, then per kind: PaI the
 collapsed layers; supermask the exported mask's accuracy on the plain model, the
-frozen weights with no search (``all_ones``) and the found mask shuffled per layer.
-Figure ``curves.png``: test accuracy vs training step, one line per unit (an
-unfinished unit's curve so far, its label marked).
+frozen weights with no search (``all_ones``) and the found mask shuffled per layer;
+dst the target density and the number of mask updates (``% weights`` is the final
+mask's). Figure ``curves.png``: test accuracy vs training step, one line per unit
+(an unfinished unit's curve so far, its label marked); a finished dst run adds
+``schedule.png``, its density and drop fraction at every mask update
+(``results.json``'s ``schedule``).
 """
 
 from __future__ import annotations
@@ -26,22 +29,23 @@ from typing import Any
 from lotto_jax.runs import layout, plots
 from lotto_jax.runs.report import Report, _fmt
 
-__all__ = ["curve_series", "curves_figure", "figures", "format_table", "main", "table",
-           "title"]
+__all__ = ["curve_series", "curves_figure", "figures", "format_table", "main",
+           "schedule_figure", "table", "title"]
 
 _HEADER = ["status", "% weights", "final acc", "ES step", "acc @ ES", "best acc"]
 _EXTRA = {
     "pai": ["collapsed layers"],
     "supermask": ["exported acc", "no search", "shuffled mask"],
     "train": [],
+    "dst": ["target %", "updates"],
 }
-_NAME = {"pai": "variant", "supermask": "search", "train": "network"}
+_NAME = {"pai": "variant", "supermask": "search", "train": "network", "dst": "method"}
 
 
 def _label(view: layout.RunView, prefix: str) -> str:
     if view.kind == "pai":
         return prefix.split("/", 1)[1]
-    if view.kind == "supermask":
+    if view.kind in ("supermask", "dst"):
         return str(view.config.get("method") or (view.results or {}).get("method") or prefix)
     return str((view.config.get("run") or {}).get("model") or prefix)
 
@@ -61,6 +65,10 @@ def _extra(kind: str, e: dict[str, Any]) -> list[str]:
         base = e.get("baselines") or {}
         return [_fmt(e.get("exported_test_accuracy"), scale=100),
                 _fmt(base.get("all_ones"), scale=100), _fmt(base.get("shuffled"), scale=100)]
+    if kind == "dst":
+        schedule = e.get("schedule")
+        return [_fmt(e.get("target_density"), scale=100),
+                "-" if schedule is None else str(len(schedule))]
     return []
 
 
@@ -102,6 +110,12 @@ def title(view: layout.RunView) -> str:
         keep = c.get("keep", res.get("keep"))
         what = f"supermask: {c.get('method') or res.get('method')}" + (
             f", keep {100 * float(keep):.3g}%" if keep is not None else "")
+    elif view.kind == "dst":
+        density = c.get("density", res.get("target_density"))
+        what = f"DST: {c.get('method') or res.get('method')}" + (
+            f" at {100 * float(density):.3g}%" if density is not None else "")
+        if c.get("distribution") and c.get("update_every"):
+            what += f" ({c['distribution']}, update every {c['update_every']})"
     else:
         what = "train"
     n = _replicates(view)
@@ -134,10 +148,27 @@ def curves_figure(view: layout.RunView):
     return plots.curve_figure(series, title=title(view)) if series else None
 
 
+def schedule_figure(view: layout.RunView):
+    """A finished dst run's density and drop fraction over the steps, from
+    ``results.json``'s ``schedule`` (None: not a finished dst run, or a schedule
+    without updates, e.g. ``static``)."""
+    schedule = (view.results or {}).get("schedule") if view.kind == "dst" else None
+    if not schedule:
+        return None
+    return plots.schedule_figure([p["step"] for p in schedule],
+                                 [p["density"] for p in schedule],
+                                 [p["drop_fraction"] for p in schedule], title=title(view))
+
+
 def figures(view: layout.RunView, directory: str) -> list[str]:
-    """Writes ``curves.png`` into ``directory`` (when a unit has a curve)."""
-    fig = curves_figure(view)
-    return [] if fig is None else [plots.save(fig, os.path.join(directory, "curves.png"))]
+    """Writes ``curves.png`` (when a unit has a curve) and, for a finished dst run
+    with mask updates, ``schedule.png`` into ``directory``."""
+    out = []
+    for name, fig in (("curves.png", curves_figure(view)),
+                      ("schedule.png", schedule_figure(view))):
+        if fig is not None:
+            out.append(plots.save(fig, os.path.join(directory, name)))
+    return out
 
 
 def format_table(view: layout.RunView) -> str:

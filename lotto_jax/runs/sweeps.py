@@ -9,6 +9,10 @@ of them, e.g. every PaI method at every density (``experiments/pai_compare.sh``)
   sanity checks (shuffle, reinit, invert) as dashed lines of the same method;
 * supermask: test accuracy vs percent of weights kept, a line per method and weight
   initialisation;
+* dynamic sparse training (``lotto dst``): test accuracy vs percent of weights
+  remaining (the target density), a line per method (static, SET, RigL, GMP,
+  GraNet), and each PaI method of the sweep as a line of its own (``synflow (at
+  init)``), as ``experiments/dst_compare.sh`` lays them side by side;
 * IMP: best test accuracy vs percent of weights remaining, a line per run (its
   ticket); IMP and train runs also get a table of their headline numbers.
 
@@ -28,8 +32,8 @@ import numpy as np
 
 from lotto_jax.runs import layout, plots
 
-__all__ = ["SweepReport", "SweepRun", "figures", "find_runs", "is_sweep", "main", "table",
-           "tables"]
+__all__ = ["SweepReport", "SweepRun", "dst_series", "figures", "find_runs", "is_sweep", "main",
+           "table", "tables"]
 
 
 class SweepRun(NamedTuple):
@@ -37,9 +41,9 @@ class SweepRun(NamedTuple):
 
     Attributes:
       path: its directory.
-      kind: ``"pai"``, ``"supermask"``, ``"imp"`` or ``"train"``.
-      results: PaI and supermask: ``results.json`` (of an unfinished run, the same
-        fields assembled from its finished units); IMP: ``{"rounds": [metrics of
+      kind: ``"pai"``, ``"supermask"``, ``"dst"``, ``"imp"`` or ``"train"``.
+      results: PaI, supermask and dst: ``results.json`` (of an unfinished run, the
+        same fields assembled from its config and finished units); IMP: ``{"rounds": [metrics of
         each finished round]}``; train: the network's outcome.
       model: the model named in its ``config.json``.
       status: ``"done"`` or ``"partial"``.
@@ -79,6 +83,9 @@ def _results(view: layout.RunView) -> dict[str, Any]:
     if view.kind == "supermask":
         return {"method": c.get("method"), "keep": c.get("keep"),
                 "weight_init": None if c.get("pretrained") else c.get("weight_init"), **e}
+    if view.kind == "dst":
+        return {"method": c.get("method"), "target_density": c.get("density"),
+                "distribution": c.get("distribution"), **e}
     return e
 
 
@@ -100,6 +107,8 @@ def find_runs(directory: str) -> list[SweepRun]:
             continue
         if view.kind == "supermask" and not (results.get("method") and results.get("keep")):
             continue
+        if view.kind == "dst" and not (results.get("method") and results.get("target_density")):
+            continue
         model = (view.config.get("run") or {}).get("model")
         runs.append(SweepRun(path, view.kind, results, model,
                              "done" if view.done else "partial"))
@@ -112,6 +121,9 @@ def _label(run: SweepRun, runs: list[SweepRun]) -> str:
     label = res["method"]
     if run.kind == "supermask" and res.get("weight_init"):
         label += f" ({res['weight_init']})"
+    if run.kind == "dst" and len({r.results.get("distribution") for r in runs
+                                  if r.kind == "dst"}) > 1:
+        label += f" ({res.get('distribution')})"
     if len({r.model for r in runs}) > 1 and run.model:
         label = f"{run.model}: {label}"
     return label
@@ -164,6 +176,19 @@ def _supermask_table(sm: list[SweepRun], metric: str):
     return header, rows
 
 
+def _dst_table(dst: list[SweepRun], metric: str):
+    header = ["method", "% weights", metric.replace("_", " "), "best", "final mask %",
+              "updates"]
+    rows = []
+    for r in sorted(dst, key=lambda r: (_label(r, dst), -r.results["target_density"])):
+        res = r.results
+        schedule = res.get("schedule")
+        rows.append([_mark(r, _label(r, dst)), f"{100 * res['target_density']:.3g}",
+                     _fmt(res.get(metric)), _fmt(res.get("best_test_accuracy")),
+                     _fmt(res.get("density")), "-" if schedule is None else str(len(schedule))])
+    return header, rows
+
+
 def _headline(run: SweepRun) -> dict[str, Any]:
     """An IMP run's last finished round, a train run's outcome."""
     if run.kind == "imp":
@@ -189,13 +214,16 @@ def _other_table(others: list[SweepRun], directory: str):
 def tables(runs: list[SweepRun], *, metric: str = "final_test_accuracy",
            directory: str = ".") -> list[tuple[str, list[str], list[list[str]]]]:
     """The sweep's tables as ``(title, header, rows)``: PaI runs, supermask runs,
-    then IMP and train runs (paths relative to ``directory``); accuracies in
-    percent."""
+    dst runs, then IMP and train runs (paths relative to ``directory``);
+    accuracies in percent (a dst run's ``% weights`` is its target density,
+    ``final mask %`` the density its final mask kept)."""
     out = []
     if pai := [r for r in runs if r.kind == "pai"]:
         out.append(("pruning at initialisation", *_pai_table(pai, metric)))
     if sm := [r for r in runs if r.kind == "supermask"]:
         out.append(("supermask search", *_supermask_table(sm, metric)))
+    if dst := [r for r in runs if r.kind == "dst"]:
+        out.append(("dynamic sparse training", *_dst_table(dst, metric)))
     if others := [r for r in runs if r.kind in ("imp", "train")]:
         out.append(("IMP and train runs", *_other_table(others, directory)))
     return out
@@ -204,7 +232,8 @@ def tables(runs: list[SweepRun], *, metric: str = "final_test_accuracy",
 def table(runs: list[SweepRun], *, metric: str = "final_test_accuracy"):
     """``(header, rows)`` of the sweep's PaI and supermask runs in one table (the
     supermask rows under the PaI header, after a blank row, when there are both)."""
-    sections = [t for t in tables(runs, metric=metric) if t[0] != "IMP and train runs"]
+    sections = [t for t in tables(runs, metric=metric)
+                if t[0] in ("pruning at initialisation", "supermask search")]
     if not sections:
         return [], []
     header, rows = sections[0][1], list(sections[0][2])
@@ -240,6 +269,26 @@ def _pai_figures(pai_runs: list[SweepRun], directory: str, metric: str) -> list[
     return out
 
 
+def dst_series(runs: list[SweepRun], metric: str = "final_test_accuracy"
+               ) -> dict[str, plots.Series]:
+    """``{label: (% weights, accuracy % mean, std or None)}`` of the dst figure: a
+    line per dst method (x: its runs' target densities), then a line per PaI
+    method of the sweep, labelled ``METHOD (at init)`` (its main variant; the
+    sanity checks stay in the PaI figures). Points without ``metric`` (an
+    unfinished run) are left out."""
+    dst_runs = [r for r in runs if r.kind == "dst"]
+    pai_runs = [r for r in runs if r.kind == "pai"]
+    points: dict[str, dict[float, Any]] = defaultdict(dict)
+    for r in dst_runs:
+        if r.results.get(metric) is not None:
+            points[_label(r, dst_runs)][r.results["target_density"]] = r.results[metric]
+    for r in pai_runs:
+        entry = r.results["variants"].get(r.results["method"], {})
+        if entry.get(metric) is not None:
+            points[f"{_label(r, pai_runs)} (at init)"][r.results["density"]] = entry[metric]
+    return {k: _series(v) for k, v in points.items()}
+
+
 def figures(runs: list[SweepRun], directory: str, *, metric: str = "final_test_accuracy",
             top: str = ".") -> list[str]:
     """Writes the sweep's PNG figures into ``directory``; returns their paths
@@ -257,6 +306,10 @@ def figures(runs: list[SweepRun], directory: str, *, metric: str = "final_test_a
             xlabel="Percent of weights kept", title="Supermask search on frozen weights",
             log_x=False, reverse_x=False,
         ))
+    if any(r.kind == "dst" for r in runs) and (series := dst_series(runs, metric)):
+        out.append(plots.accuracy_vs_density(
+            series, os.path.join(directory, "dst_accuracy.png"),
+            title="Sparse training: test accuracy vs density, one line per method"))
     imp = {os.path.relpath(r.path, top): _series(
                {rec["density"]: rec.get("best_test_accuracy") for rec in r.results["rounds"]})
            for r in runs if r.kind == "imp" and r.results["rounds"]}
