@@ -90,6 +90,67 @@ def sweep_table(directory: str, metric: str):
             print("| " + " | ".join(row) + " |")
 
 
+DST_METHODS = ("static", "set", "rigl", "gmp", "granet")
+
+
+def _dst_acc(directory: str, name: str, metric: str):
+    path = os.path.join(directory, name, "results.json")
+    if not os.path.exists(path):
+        return None, None
+    with open(path) as f:
+        d = json.load(f)
+    if "variants" in d:  # a PaI run
+        v = d["variants"].get("synflow", {})
+        return v.get(metric), None
+    return d.get(metric), d.get("steps")
+
+
+def _imp_nearest(imp_run: str, density: float):
+    """The IMP round whose density is nearest to ``density`` (in log): its metrics,
+    round index and density."""
+    best = None
+    for path in sorted(glob.glob(os.path.join(imp_run, "round_*/metrics.json"))):
+        with open(path) as f:
+            d = json.load(f)
+        gap = abs(np.log(d["density"]) - np.log(density))
+        if best is None or gap < best[0]:
+            best = (gap, d, int(path.split("round_")[1][:3]))
+    return None if best is None else best[1:]
+
+
+def dst_table(directory: str, metric: str, imp_run: str | None):
+    """Accuracy (mean ± std of 3 seeds) per density: every DST method, SynFlow at
+    init with the same budget, and the IMP ticket of the nearest density (with its
+    total training budget)."""
+    head = ["% weights", *DST_METHODS, "SynFlow (PaI)", "IMP ticket (its % weights)"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    steps = None
+    imp_steps = []
+    for density in (0.1, 0.05, 0.02, 0.01):
+        row = [f"{100 * density:g}"]
+        for m in DST_METHODS:
+            acc, st = _dst_acc(directory, f"{m}_d{density}", metric)
+            steps = steps or st
+            row.append(pct(acc))
+        row.append(pct(_dst_acc(directory, f"synflow_d{density}", metric)[0]))
+        near = _imp_nearest(imp_run, density) if imp_run else None
+        if near:
+            d, r = near
+            row.append(f"{pct(d.get(metric))} ({100 * d['density']:.2g})")
+            imp_steps.append(r + 1)
+        else:
+            row.append("-")
+        print("| " + " | ".join(row) + " |")
+    if steps:
+        with open(os.path.join(imp_run, "config.json")) as f:
+            imp_cfg = json.load(f)
+        per_round = imp_cfg["run"]["train"]["steps"]
+        print(f"\nTraining steps per network: {steps:,} for every DST method and SynFlow; "
+              f"the IMP tickets above took {', '.join(f'{r} x {per_round:,}' for r in imp_steps)} "
+              "(rounds x steps per round).")
+
+
 def main():
     base = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "results")
     path = os.path.join(base, "mnist1d_lottery")
@@ -102,6 +163,12 @@ def main():
             print(f"\n### {name}\n")
             imp_table(path, ("early_stop_test_accuracy", "final_test_accuracy")
                       if name.startswith("lenet") else ("best_test_accuracy",))
+    for name, metric, imp in (("dst_lenet300", "final_test_accuracy", "lenet300_imp"),
+                              ("dst_mnist1d", "best_test_accuracy", "mnist1d_lottery/pooled")):
+        path = os.path.join(base, name)
+        if os.path.isdir(path):
+            print(f"\n### {name} ({metric.replace('_', ' ')}, mean ± std of 3 seeds)\n")
+            dst_table(path, metric, os.path.join(base, imp))
     for name, metric in (("pai_lenet300", "final_test_accuracy"), ("pai_mnist1d", "best_test_accuracy"),
                          ("edge_popup", "final_test_accuracy")):
         path = os.path.join(base, name)
