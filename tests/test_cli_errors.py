@@ -134,10 +134,49 @@ def test_unknown_control(shared, tmp_path):
     ("imp", "--fraction", "1.5"),
     ("pai", "--density", "0"),
     ("supermask", "--keep", "2"),
+    ("dst", "--density", "1.5"),
 ])
 def test_out_of_range_fraction_density_keep(shared, tmp_path, command, flag, value):
     r = lotto(shared, command, flag, value, "--out", tmp_path / "out")
     assert_one_line_error(r, flag, "expected")
+
+
+DST_BAD = [
+    # (arguments, what the one line must name)
+    (["--density", "0"], ["--density", "(0.0, 1.0]", "got 0.0"]),
+    (["--drop-fraction", "1.2"], ["--drop-fraction", "[0.0, 1.0]", "1.2"]),
+    (["--update-every", "0"], ["--update-every", ">= 1", "got 0"]),
+    (["--end", "30"], ["--end", "step 30", "20 training steps"]),  # TINY: 20 steps
+    (["--method", "granet", "--end", "30"], ["--end", "granet", "20 training steps"]),
+    (["--method", "rigl2"], ["--method", "'rigl2'", "granet"]),
+    (["--distribution", "erkk"], ["--distribution", "'erkk'", "uniform"]),
+    (["--distribution", "uniform", "--density", "0.0003"],  # output: 0.3 of 1000 weights
+     ["--density", "'output/kernel'", "would keep no weight"]),
+    (["--dense", "Dense_9"], ["--dense", "'Dense_9'", "matches no", "Dense_0/kernel"]),
+    (["--method", "gmp", "--scope", "global", "--dense", "Dense_0"],
+     ["--dense", "--scope layerwise"]),
+]
+
+
+@pytest.mark.parametrize(("args", "names"), DST_BAD, ids=[" ".join(a) for a, _ in DST_BAD])
+def test_bad_dst_input_names_its_flag_and_writes_nothing(shared, tmp_path, capsys, args,
+                                                         names):
+    """``lotto dst`` refusals, in this process (``main`` is the entry point; the
+    subprocess path is the ``--density 1.5`` case above): one line naming the
+    flag, status 2, and no run directory written (the layer checks run on the
+    model's shapes before the store is opened)."""
+    from lotto_jax.runs import cli
+
+    out = tmp_path / "out"
+    status = cli.main(["dst", "--dataset", f"npz:{shared / 'tiny.npz'}", *TINY, *args,
+                       "--out", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2, err
+    (line,) = err.splitlines()
+    assert line.startswith("lotto: error: ") and "Traceback" not in err
+    for name in names:
+        assert name in line, (name, line)
+    assert not out.exists()
 
 
 def test_bad_rewind_spec(shared, tmp_path):

@@ -24,11 +24,12 @@ one process writes a directory at a time; ``--repair`` discards corrupt items fi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 from lotto_jax.runs.common import STORE_FIELDS, RunConfig, RunOptions
 
-__all__ = ["MUTABLE_FIELDS", "PREFIX", "DstConfig", "main", "schedule", "updater"]
+__all__ = ["MUTABLE_FIELDS", "PREFIX", "DstConfig", "check_layers", "main", "schedule",
+           "updater"]
 
 PREFIX = "dst"
 """The unit's directory in the run."""
@@ -37,6 +38,7 @@ MUTABLE_FIELDS: tuple[str, ...] = (*STORE_FIELDS, "run.data_dir")
 """DstConfig fields that may change when a run directory is resumed."""
 
 _DEFAULT_DROP = {"static": 0.0, "gmp": 0.0, "set": 0.3, "rigl": 0.3, "granet": 0.5}
+_GRANET_MIN_FRACTION = 0.005  # GraNet's final regeneration rate (Liu et al. 2021)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,38 +49,46 @@ class DstConfig(RunOptions):
       run: model, data, seeds and training hyperparameters.
       method: ``static`` (a fixed random mask), ``gmp`` (gradual magnitude pruning
         from dense), ``set``, ``rigl`` or ``granet``.
-      density: the target fraction of prunable weights kept, in (0, 1].
+      density: the target fraction of prunable weights kept, in (0, 1]; every layer
+        must keep at least one weight at it.
       distribution: per-layer densities, ``erk`` or ``uniform``.
       update_every: steps between mask updates (ΔT).
       drop_fraction: SET's ζ, RigL's initial α (cosine-decayed to 0 at ``end``),
-        GraNet's initial regeneration rate; default 0.3 (SET, RigL), 0.5 (GraNet).
+        GraNet's initial regeneration rate (cosine-decayed to 0.005, or to itself
+        when smaller, at the end of training); default 0.3 (SET, RigL), 0.5 (GraNet).
       end: the last step at which the mask changes: RigL's cosine end, the end of
-        GMP's and GraNet's pruning; default 75 % of training (SET: never stops).
+        GMP's and GraNet's pruning; at most the training steps; default 75 % of
+        training (SET: never stops).
       start: GMP and GraNet: the first pruning step.
       initial_density: GMP and GraNet: the density pruning starts from (1.0: dense).
       scope: GMP and GraNet: ``layerwise`` (each layer to its share) or ``global``
         (one ranking); default: layerwise for GMP, global for GraNet.
       dense: regular expressions of layers kept dense (e.g. ``Dense_0``), outside
-        the density budget as RigL's ``custom_sparsity_map``.
+        the density budget as RigL's ``custom_sparsity_map``; each must match a
+        layer; GMP and GraNet need ``scope=layerwise`` for them.
       out: the run directory (layout in the module docs).
     """
 
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
-    method: Literal["static", "gmp", "set", "rigl", "granet"] = "rigl"
+    method: str = "rigl"
     density: float = 0.1
-    distribution: Literal["erk", "uniform"] = "erk"
+    distribution: str = "erk"
     update_every: int = 100
     drop_fraction: float | None = None
     end: int | None = None
     start: int = 0
     initial_density: float = 1.0
-    scope: Literal["layerwise", "global"] | None = None
+    scope: str | None = None
     dense: tuple[str, ...] = ()
     out: str = dataclasses.field(default="runs/dst", kw_only=True)
 
     def __post_init__(self):
         super().__post_init__()
         updater(self)  # every bad hyperparameter fails here, before any data is loaded
+        end, steps = _end(self), self.run.train.steps
+        if end is not None and end > steps:
+            raise ValueError(f"end: the {self.method} mask changes until step {end}, beyond "
+                             f"the {steps} training steps (--steps)")
 
 
 def _end(config: DstConfig) -> int | None:
@@ -87,12 +97,41 @@ def _end(config: DstConfig) -> int | None:
     return None if config.method == "set" else max(1, int(0.75 * config.run.train.steps))
 
 
+def _dense_error(e: ValueError) -> ValueError:
+    """An algorithm's error about ``overrides`` told as the flag's (``dense``)."""
+    head, sep, rest = str(e).partition(":")
+    return ValueError(f"dense:{rest}") if sep and head == "overrides" else e
+
+
 def updater(config: DstConfig):
-    """The :class:`lotto_jax.dst.Updater` of ``config``."""
+    """The :class:`lotto_jax.dst.Updater` of ``config``.
+
+    Raises:
+      ValueError: a bad hyperparameter, named as its field (the flag).
+    """
     from lotto_jax import dst
 
     if config.method not in dst.METHODS:
         raise ValueError(f"method: expected one of {list(dst.METHODS)}, got {config.method!r}")
+    if (config.dense and config.method in ("gmp", "granet")
+            and _scope(config) == "global"):
+        raise ValueError(f"dense: layers kept dense need --scope layerwise ({config.method}'s "
+                         "global ranking has no per-layer targets)")
+    try:
+        return _updater(config, dst)
+    except ValueError as e:
+        raise _dense_error(e) from None
+
+
+def _scope(config: DstConfig) -> str:
+    return config.scope or ("layerwise" if config.method == "gmp" else "global")
+
+
+def _min_fraction(drop: float) -> float:
+    return min(_GRANET_MIN_FRACTION, drop)
+
+
+def _updater(config: DstConfig, dst):
     drop = _DEFAULT_DROP[config.method] if config.drop_fraction is None else config.drop_fraction
     common = dict(distribution=config.distribution,
                   overrides=dict.fromkeys(config.dense, 1.0) or None)
@@ -106,9 +145,27 @@ def updater(config: DstConfig):
     gradual = dict(end=end, start=config.start, update_every=config.update_every,
                    initial_density=config.initial_density, **common)
     if config.method == "gmp":
-        return dst.gmp(config.density, scope=config.scope or "layerwise", **gradual)
+        return dst.gmp(config.density, scope=_scope(config), **gradual)
     return dst.granet(config.density, total=max(steps, end), drop_fraction=drop,
-                      scope=config.scope or "global", **gradual)
+                      min_fraction=_min_fraction(drop), scope=_scope(config), **gradual)
+
+
+def check_layers(config: DstConfig, params) -> None:
+    """Checks, on the model's ``params``, that every layer keeps a weight at the
+    run's densities and that every ``dense`` pattern names a layer.
+
+    Raises:
+      ValueError: naming ``density`` (and the layer) or ``dense`` (and the layers).
+    """
+    from lotto_jax import dst
+
+    gradual = config.method in ("gmp", "granet")
+    for d in (config.density, *((config.initial_density,) if gradual else ())):
+        try:
+            dst.group_densities(params, d, distribution=config.distribution,
+                                overrides=dict.fromkeys(config.dense, 1.0) or None)
+        except ValueError as e:
+            raise _dense_error(e) from None
 
 
 def schedule(config: DstConfig) -> list[dict[str, float]]:
@@ -136,7 +193,7 @@ def schedule(config: DstConfig) -> list[dict[str, float]]:
         frac = np.asarray(dst.cosine_fraction(s, initial=drop, end=end))
     elif config.method == "granet":
         frac = np.asarray(dst.cosine_fraction(s, initial=drop, end=max(steps, end),
-                                              final=0.005))
+                                              final=_min_fraction(drop)))
     return [{"step": int(i + 1), "density": float(density[i]), "drop_fraction": float(frac[i])}
             for i in at]
 
@@ -155,7 +212,10 @@ def main(config: DstConfig) -> Any:
     """
     from lotto_jax.runs import common
 
-    return common.run_in_store(config, MUTABLE_FIELDS, lambda store: _main(config, store))
+    prep = common.prepare(config.run)
+    check_layers(config, prep.params)  # before the run directory is written
+    return common.run_in_store(config, MUTABLE_FIELDS,
+                               lambda store: _main(config, store, prep))
 
 
 def _start(config: DstConfig, prep):
@@ -178,7 +238,7 @@ def _start(config: DstConfig, prep):
     return theta0, data_key, (common.stack(keys) if n > 1 else keys[0])
 
 
-def _main(config: DstConfig, store) -> Any:
+def _main(config: DstConfig, store, prep) -> Any:
     import jax
 
     from lotto_jax import masks, train
@@ -188,13 +248,11 @@ def _main(config: DstConfig, store) -> Any:
     from lotto_jax.runs.writer import Clock, WriteBehind
 
     u = updater(config)
-    prep = common.prepare(config.run)
     trainer = train.make_trainer(
         train.classifier(prep.module), config.run.train,
         num_train=prep.dataset.train.x.shape[0], mesh=prep.mesh, updater=u)
     stacked = config.run.replicates > 1
     theta0, data_key, keys = _start(config, prep)
-    u.init(prep.params, jax.random.key(0))  # checks every layer keeps a weight
     all_true = masks.init(prep.params)
     target = common.stack([all_true] * config.run.replicates) if stacked else all_true
 
