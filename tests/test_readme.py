@@ -54,3 +54,30 @@ def test_engine_example_trains_and_commits_a_unit(tmp_path, monkeypatch):
     exec(_block("Engine("), env)
     assert not env["done"].trained
     assert env["done"].metrics == done.metrics
+
+
+def test_dst_example_trains_with_a_changing_mask(tmp_path):
+    """The ``lotto_jax.dst`` example on a one-hidden-layer mlp (6 inputs, 8 units,
+    2 classes): RigL keeps ERK's count per layer at every update, worked by hand:
+    ε = 0.1 · 64 / ((6 + 8) + (8 + 2)); Dense_0 keeps round(ε · 14) = 4 of 48,
+    output round(ε · 10) = 3 of 16."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    np.savez(tmp_path / "d.npz", x_train=x[:64], y_train=y[:64], x_test=x[64:],
+             y_test=y[64:])
+    dataset = data.load(f"npz:{tmp_path / 'd.npz'}")
+    model = models.build("mlp", features=(8,), num_classes=2)
+    params = models.init(model, jax.random.key(0), dataset.input_shape)["params"]
+    printed = []
+    env = {"jax": jax, "model": model, "dataset": dataset, "params": params,
+           "print": lambda *a: printed.append(a)}
+    exec(_block("dst.rigl("), env)
+    state, u = env["state"], env["u"]
+    mask = jax.tree.map(np.asarray, state.dst.mask)
+    assert int(mask["Dense_0"]["kernel"].sum()) == 4 and int(mask["output"]["kernel"].sum()) == 3
+    assert mask["Dense_0"]["bias"].all() and mask["output"]["bias"].all()
+    start = jax.tree.map(np.asarray, u.initial_mask(params, jax.random.key(1)))
+    assert any((start[k]["kernel"] != mask[k]["kernel"]).any() for k in mask)  # it moved
+    ((density, accuracy),) = printed
+    assert density == 7 / 64 and 0 <= accuracy <= 1
