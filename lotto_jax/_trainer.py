@@ -301,11 +301,20 @@ def _zero_outside(state: TrainState, keep, tx) -> TrainState:
     )
 
 
-def _mask_update(updater, tx):
-    """``update(state, grads)``: the updater's new mask in ``state.dst``; weights and
-    moments dropped or grown by it set to 0 (kept through the change: untouched)."""
+def _mask_update(updater, tx, loss_and_logits):
+    """``update(state, x, y)``: the updater's new mask in ``state.dst``; weights and
+    moments dropped or grown by it set to 0 (kept through the change: untouched).
 
-    def update(state: TrainState, grads) -> TrainState:
+    The gradient the updater sees (``updater.uses_grads``) is computed here, on the
+    step's batch at the weights after the step: only on update steps. (Keeping each
+    step's gradient alive for the branch instead cost ~5 % of every step on CPU.)
+    """
+
+    def update(state: TrainState, x, y) -> TrainState:
+        grads = None
+        if updater.uses_grads:
+            grad_fn = jax.grad(lambda p: loss_and_logits(p, state.model_state, x, y, True)[0])
+            grads = grad_fn(state.params)
         old = state.dst.mask
         new, inner = updater.update(state.params, old, grads, state.step, state.dst.inner)
         state = _zero_outside(state, jax.tree.map(jnp.logical_and, old, new), tx)
@@ -321,7 +330,7 @@ def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, co
     ``lax.scan`` (unjitted). With an ``updater`` the mask is ``state.dst.mask`` (the
     ``mask`` argument is ``None``) and changes after each step ``s`` (counted from 1)
     with ``updater.fires(s)``; ``first`` is unbatched under ``vmap``, so that test
-    stays a real branch."""
+    stays a real branch, computed only on update steps."""
 
     def loss_and_logits(params, model_state, x, y, train):
         logits, model_state = apply_fn(params, model_state, x, train)
@@ -334,7 +343,7 @@ def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, co
         # optimizer of TrainConfig keeps them at exactly 0: Adam's mu, nu and update,
         # SGD's trace and the coupled or decoupled decay of a zero weight are all 0.
         # Masking once per chunk instead of every step costs ~2 % instead of ~17 %
-        # (BENCHMARKS.md). The unmasked gradient is returned for mask updaters.
+        # (BENCHMARKS.md).
         grad_fn = jax.value_and_grad(loss_and_logits, has_aux=True)
         (loss, model_state), grads = grad_fn(state.params, state.model_state, x, y, True)
         direction, opt_state = tx.update(apply_mask(grads, mask), state.opt_state, state.params)
@@ -344,9 +353,9 @@ def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, co
         )
         state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
-        return state, loss, grads
+        return state, loss
 
-    update_mask = _mask_update(updater, tx) if updater is not None else None
+    update_mask = _mask_update(updater, tx, loss_and_logits) if updater is not None else None
 
     def train_chunk(state, mask, data_key, orders, x, y, hold_lr, n_active, first):
         state = _zero_outside(state, mask if updater is None else state.dst.mask, tx)
@@ -357,11 +366,11 @@ def _train_chunk_fn(apply_fn, c: TrainConfig, tx, lr_fn, *, chunk, num_train, co
 
         def train(s, i, batch_idx):
             m = mask if updater is None else s.dst.mask
-            s, loss, grads = one_step(s, m, constrain(x[batch_idx]), constrain(y[batch_idx]),
-                                      hold_lr)
+            xb, yb = constrain(x[batch_idx]), constrain(y[batch_idx])
+            s, loss = one_step(s, m, xb, yb, hold_lr)
             if updater is not None:
                 s = jax.lax.cond(updater.fires(first + i + 1),
-                                 lambda s: update_mask(s, grads), lambda s: s, s)
+                                 lambda s: update_mask(s, xb, yb), lambda s: s, s)
             return s, loss
 
         def body(carry, inp):

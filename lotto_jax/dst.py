@@ -7,8 +7,9 @@ schedule:
   count); ``initial_mask(params, key) -> mask``: the mask the method starts from;
 * ``update(params, mask, grads, step, state) -> (mask, state)``: the new mask after
   ``step`` completed training steps, from the weights, the current mask and the
-  gradient of the batch of the step just taken (the dense gradient: pruned weights
-  are 0 in the forward pass, their gradient is not masked here);
+  gradient on the batch of the step just taken, at the weights after it (the dense
+  gradient: pruned weights are 0 in the forward pass, their gradient is not
+  masked; ``None`` for updaters with ``uses_grads=False``);
 * ``fires(step) -> bool``: whether an update follows the ``step``-th training step.
   It depends on the step alone, so the trainer's ``lax.cond`` stays a branch under
   ``vmap`` (one update costs one update, not one per step).
@@ -124,6 +125,8 @@ class Updater(NamedTuple):
       name: the method's name.
       end: the last step at which the mask may change (``None``: any), checked
         against the training length by ``make_trainer``.
+      uses_grads: whether ``update`` reads the gradient (the trainer computes it
+        only then, on update steps).
     """
 
     init: Callable[[Params, PRNGKey], Any]
@@ -132,6 +135,7 @@ class Updater(NamedTuple):
     initial_mask: Callable[[Params, PRNGKey], Mask]
     name: str
     end: int | None = None
+    uses_grads: bool = True
 
 
 def _check_every(update_every) -> None:
@@ -212,6 +216,7 @@ def static(density: float, *, distribution: str = "erk",
         initial_mask=_initial(density, distribution, overrides, groups, prunable),
         name="static",
         end=0,
+        uses_grads=False,
     )
 
 
@@ -228,7 +233,7 @@ def _exchange(name, density, drop_fraction, update_every, end, distribution, ove
 
     return Updater(init=_init, update=update, fires=_every(update_every, 0, end),
                    initial_mask=_initial(density, distribution, overrides, groups, prunable),
-                   name=name, end=end)
+                   name=name, end=end, uses_grads=grow is _gradient_scores)
 
 
 def _uniform_scores(params, grads, key):
@@ -349,7 +354,7 @@ def gmp(density: float, *, end: int, start: int = 0, update_every: int = 100,
                    update=update, fires=_every(update_every, start, end),
                    initial_mask=_initial(initial_density, distribution, overrides, groups,
                                          prunable),
-                   name="gmp", end=end)
+                   name="gmp", end=end, uses_grads=False)
 
 
 def granet(density: float, *, end: int, total: int, start: int = 0,
