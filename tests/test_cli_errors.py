@@ -155,6 +155,7 @@ DST_BAD = [
     (["--dense", "Dense_9"], ["--dense", "'Dense_9'", "matches no", "Dense_0/kernel"]),
     (["--method", "gmp", "--scope", "global", "--dense", "Dense_0"],
      ["--dense", "--scope layerwise"]),
+    (["--groups", "module"], ["--groups", "'leaf' or 'layer'", "'module'"]),
 ]
 
 

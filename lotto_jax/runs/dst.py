@@ -66,6 +66,9 @@ class DstConfig(RunOptions):
       dense: regular expressions of layers kept dense (e.g. ``Dense_0``), outside
         the density budget as RigL's ``custom_sparsity_map``; each must match a
         layer; GMP and GraNet need ``scope=layerwise`` for them.
+      groups: the pruning groups (:func:`lotto_jax.masks.group_name`): ``leaf``
+        (each kernel on its own) or ``layer`` (a module's kernel and bias pooled:
+        biases then take part, at their layer's density).
       out: the run directory (layout in the module docs).
     """
 
@@ -80,6 +83,7 @@ class DstConfig(RunOptions):
     initial_density: float = 1.0
     scope: str | None = None
     dense: tuple[str, ...] = ()
+    groups: str = "leaf"
     out: str = dataclasses.field(default="runs/dst", kw_only=True)
 
     def __post_init__(self):
@@ -113,6 +117,8 @@ def updater(config: DstConfig):
 
     if config.method not in dst.METHODS:
         raise ValueError(f"method: expected one of {list(dst.METHODS)}, got {config.method!r}")
+    if config.groups not in ("leaf", "layer"):
+        raise ValueError(f"groups: expected 'leaf' or 'layer', got {config.groups!r}")
     if (config.dense and config.method in ("gmp", "granet")
             and _scope(config) == "global"):
         raise ValueError(f"dense: layers kept dense need --scope layerwise ({config.method}'s "
@@ -134,7 +140,7 @@ def _min_fraction(drop: float) -> float:
 def _updater(config: DstConfig, dst):
     drop = _DEFAULT_DROP[config.method] if config.drop_fraction is None else config.drop_fraction
     common = dict(distribution=config.distribution,
-                  overrides=dict.fromkeys(config.dense, 1.0) or None)
+                  overrides=dict.fromkeys(config.dense, 1.0) or None, **_prunable(config))
     steps, end = config.run.train.steps, _end(config)
     if config.method == "static":
         return dst.static(config.density, **common)
@@ -150,6 +156,15 @@ def _updater(config: DstConfig, dst):
                       min_fraction=_min_fraction(drop), scope=_scope(config), **gradual)
 
 
+def _prunable(config: DstConfig) -> dict:
+    """``groups`` and the leaves it prunes: kernels alone, or whole layers."""
+    from lotto_jax import masks
+
+    if config.groups == "layer":
+        return dict(groups="layer", prunable=masks.all_leaves)
+    return dict(groups="leaf", prunable=masks.default_prunable)
+
+
 def check_layers(config: DstConfig, params) -> None:
     """Checks, on the model's ``params``, that every layer keeps a weight at the
     run's densities and that every ``dense`` pattern names a layer.
@@ -163,7 +178,8 @@ def check_layers(config: DstConfig, params) -> None:
     for d in (config.density, *((config.initial_density,) if gradual else ())):
         try:
             dst.group_densities(params, d, distribution=config.distribution,
-                                overrides=dict.fromkeys(config.dense, 1.0) or None)
+                                overrides=dict.fromkeys(config.dense, 1.0) or None,
+                                **_prunable(config))
         except ValueError as e:
             raise _dense_error(e) from None
 
@@ -286,7 +302,7 @@ def _main(config: DstConfig, store, prep) -> Any:
         "replicates": config.run.replicates,
         "target_density": config.density,
         "distribution": config.distribution,
-        **layer_counts(final["mask"], masks.default_prunable, stacked),
+        **layer_counts(final["mask"], _prunable(config)["prunable"], stacked),
         "final_test_accuracy": result.final_test_accuracy,
         "best_test_accuracy": result.best_test_accuracy,
         "early_stop_step": result.early_stop_step,
