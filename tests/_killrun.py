@@ -26,12 +26,19 @@ import orbax.checkpoint as ocp
 LOTTO = shutil.which("lotto", path=os.path.dirname(sys.executable)) or "lotto"
 
 
+def xla_cache_env(cache_dir) -> dict[str, str]:
+    """The environment of a subprocess's persistent XLA cache: the session's
+    (``LOTTO_TESTS_XLA_CACHE``, tests/conftest.py), shared with the tests' own
+    process, or else ``cache_dir``."""
+    return {"JAX_COMPILATION_CACHE_DIR": os.environ.get("LOTTO_TESTS_XLA_CACHE")
+            or str(cache_dir),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def lotto(args, *, cache_dir, kill_after=None, kill_in=None, timeout=600):
     """Runs ``lotto ARGS``; returns the CompletedProcess (stdout, stderr as text)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **xla_cache_env(cache_dir)}
     env.pop("LOTTO_KILL_AFTER", None)
     env.pop("LOTTO_KILL_IN", None)
     if kill_after:
@@ -93,6 +100,21 @@ def shared_base(tmp_path_factory):
     d = base / "resume"
     d.mkdir(exist_ok=True)
     return d
+
+
+def made_once(base, name, make):
+    """``base/NAME``, made by ``make(path)`` once per session: the first of the
+    xdist workers to ask makes it under a file lock, the others wait for it and
+    share it (a module-scoped fixture alone would run once per worker). Tests
+    read it or copy it, never write into it."""
+    path, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            done.touch()
+    return path
 
 
 def tiny_npz(base, name="tiny", *, seed=0, n_train=512, n_test=256) -> str:

@@ -1,8 +1,11 @@
 """What a person reads when ``lotto`` refuses: one line, ``lotto: error: ...``.
 
-Every case runs the installed ``lotto`` entry point in a subprocess and checks: a
-non-zero status, exactly one line on stderr that starts ``lotto: error:`` and names
-the flag or path at fault, and no traceback. The runs are tiny: a random 40-feature
+Every case checks: a non-zero status, exactly one line on stderr that starts
+``lotto: error:`` and names the flag or path at fault, and no traceback. Each kind
+of refusal (a config value of every command, a data file, a run directory, the
+store, a report, ``--debug``) runs the installed ``lotto`` entry point in a
+subprocess; further cases of a kind call ``main``, the entry point's function, in
+this process (:func:`here`: no interpreter start). The runs are tiny: a random 40-feature
 ``.npz`` (no MNIST-1D generation), 20 steps, 1 round; the one finished IMP run that
 the resume and corruption cases need is made once and shared by the xdist workers
 (file lock), with a shared persistent XLA cache.
@@ -19,6 +22,7 @@ import sys
 
 import numpy as np
 import pytest
+from _killrun import xla_cache_env
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "lotto")
 LOTTO = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "lotto_jax.runs.cli"]
@@ -61,15 +65,30 @@ class _locked:
 
 def _env(shared):
     env = {k: v for k, v in os.environ.items() if k != "LOTTO_DEBUG"}
-    env.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(shared / "xla_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(JAX_PLATFORMS="cpu", **xla_cache_env(shared / "xla_cache"))
     return env
 
 
 def lotto(shared, *args):
     return subprocess.run([*LOTTO, *map(str, args)], capture_output=True, text=True,
                           env=_env(shared), timeout=300)
+
+
+@pytest.fixture
+def here(capsys, monkeypatch):
+    """``here(*args)``: ``lotto ARGS`` run by ``main`` in this process, as a
+    CompletedProcess like :func:`lotto`'s."""
+    from lotto_jax.runs import cli
+
+    monkeypatch.delenv("LOTTO_DEBUG", raising=False)
+
+    def run(*args):
+        capsys.readouterr()
+        status = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["lotto", *map(str, args)], status, out, err)
+
+    return run
 
 
 def assert_one_line_error(result, *names):
@@ -113,20 +132,20 @@ def _copy_run(finished_imp, tmp_path):
 # ------------------------------------------------------------ names and values
 
 
-def test_unknown_model(shared, tmp_path):
-    r = lotto(shared, "train", *TINY, "--model", "lenet7",
+def test_unknown_model(shared, tmp_path, here):
+    r = here("train", *TINY, "--model", "lenet7",
               "--dataset", f"npz:{shared / 'tiny.npz'}", "--out", tmp_path / "out")
     line = assert_one_line_error(r, "--model", "lenet7")
     assert "lenet300" in line  # what was expected
 
 
-def test_unknown_pai_method(shared, tmp_path):
-    r = lotto(shared, "pai", "--method", "snap", "--out", tmp_path / "out")
+def test_unknown_pai_method(shared, tmp_path, here):
+    r = here("pai", "--method", "snap", "--out", tmp_path / "out")
     assert_one_line_error(r, "--method", "snap", "synflow")
 
 
-def test_unknown_control(shared, tmp_path):
-    r = lotto(shared, "imp", "--controls", "reinit", "bogus", "--out", tmp_path / "out")
+def test_unknown_control(shared, tmp_path, here):
+    r = here("imp", "--controls", "reinit", "bogus", "--out", tmp_path / "out")
     assert_one_line_error(r, "--controls", "bogus", "shuffle")
 
 
@@ -180,13 +199,13 @@ def test_bad_dst_input_names_its_flag_and_writes_nothing(shared, tmp_path, capsy
     assert not out.exists()
 
 
-def test_bad_rewind_spec(shared, tmp_path):
-    r = lotto(shared, "imp", "--rewind", "step:abc", *TINY, "--out", tmp_path / "out")
+def test_bad_rewind_spec(shared, tmp_path, here):
+    r = here("imp", "--rewind", "step:abc", *TINY, "--out", tmp_path / "out")
     assert_one_line_error(r, "--rewind", "step:abc")
 
 
-def test_too_big_mesh(shared, tmp_path):
-    r = lotto(shared, "train", "--mesh", "data=64", "--dataset", f"npz:{shared / 'tiny.npz'}",
+def test_too_big_mesh(shared, tmp_path, here):
+    r = here("train", "--mesh", "data=64", "--dataset", f"npz:{shared / 'tiny.npz'}",
               *TINY, "--out", tmp_path / "out")
     assert_one_line_error(r, "--mesh", "data=64", "devices")
 
@@ -201,7 +220,7 @@ def test_missing_npz(shared, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["not-an-npz", "missing-arrays", "length-mismatch"])
-def test_malformed_npz(shared, tmp_path, kind):
+def test_malformed_npz(shared, tmp_path, kind, here):
     path = tmp_path / "bad.npz"
     x, y = np.zeros((10, 40), np.float32), np.zeros(10, np.int64)
     if kind == "not-an-npz":
@@ -213,7 +232,7 @@ def test_malformed_npz(shared, tmp_path, kind):
     else:  # x_train and y_train lengths differ
         np.savez(path, x_train=x, y_train=y[:9], x_test=x, y_test=y)
         expect = "y_train"
-    r = lotto(shared, "train", "--dataset", f"npz:{path}", "--out", tmp_path / "out")
+    r = here("train", "--dataset", f"npz:{path}", "--out", tmp_path / "out")
     assert_one_line_error(r, path, expect)
 
 
@@ -229,11 +248,11 @@ def test_unprepared_tfds_dataset_fails_fast_offline(shared, tmp_path):
     assert list(empty.iterdir()) == []
 
 
-def test_missing_mask_directory(shared, tmp_path):
+def test_missing_mask_directory(shared, tmp_path, here):
     """Checked before the model and data are built: a missing dataset file is not
     even looked at."""
     mask = tmp_path / "no_mask"
-    r = lotto(shared, "train", "--mask", mask, "--dataset", f"npz:{tmp_path / 'none.npz'}",
+    r = here("train", "--mask", mask, "--dataset", f"npz:{tmp_path / 'none.npz'}",
               *TINY, "--out", tmp_path / "out")
     assert_one_line_error(r, "--mask", mask, "no checkpoint directory")
     assert not (tmp_path / "out").exists()

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from _killrun import made_once
 from test_cli_errors import TINY, _env, _locked, assert_one_line_error, lotto, shared
 
 from lotto_jax.runs import cli
@@ -253,11 +254,13 @@ def pai_args(shared, out):
 
 
 @pytest.fixture(scope="module")
-def pai_reference(shared, tmp_path_factory):
-    """An uninterrupted PaI run with two controls (its three variants in one stack)."""
-    ref = tmp_path_factory.mktemp("pai") / "ref"
-    assert cli.main([str(a) for a in pai_args(shared, ref)]) == 0
-    return ref
+def pai_reference(shared):
+    """An uninterrupted PaI run with two controls (its three variants in one stack),
+    made once for the session's workers."""
+    def make(ref):
+        assert cli.main([str(a) for a in pai_args(shared, ref)]) == 0
+
+    return made_once(shared, "pai_ref", make)
 
 
 def test_repair_of_a_pai_run_recomputes_the_stack(shared, pai_reference, tmp_path, capsys):
