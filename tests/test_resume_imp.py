@@ -27,6 +27,7 @@ from _killrun import (
     assert_same_run,
     items,
     lotto,
+    made_once,
     shared_base,
     tiny_npz,
 )
@@ -55,24 +56,30 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(run, tmp_path_factory):
-    """The uninterrupted run A."""
-    d = tmp_path_factory.mktemp("imp_ref") / "a"
-    p = run(d)
-    assert_ok(p)
-    assert decisions(p) == ["round_000: training from step 0", "round_001: training from step 0",
-                            f"{stack(1)}: training from step 0",
-                            "round_002: training from step 0", f"{stack(2)}: training from step 0"]
-    return d
+    """The uninterrupted run A (made once for the session's workers)."""
+
+    def make(d):
+        p = run(d)
+        assert_ok(p)
+        assert decisions(p) == [
+            "round_000: training from step 0", "round_001: training from step 0",
+            f"{stack(1)}: training from step 0", "round_002: training from step 0",
+            f"{stack(2)}: training from step 0"]
+
+    return made_once(shared_base(tmp_path_factory), "imp_ref", make)
 
 
 @pytest.fixture(scope="module")
 def killed_in_round_1(run, tmp_path_factory):
-    """A run killed right after round 1's first checkpoint (round 0 finished)."""
-    d = tmp_path_factory.mktemp("imp_killed") / "run"
-    assert_killed(run(d, kill_after="round_001/checkpoints/step_"))
-    assert items(d) == ["init", "round_000/final", "round_000/mask",
-                        "round_001/checkpoints/step_00000010", "round_001/mask"]
-    return d
+    """A run killed right after round 1's first checkpoint (round 0 finished),
+    made once for the session's workers; the tests work on copies."""
+
+    def make(d):
+        assert_killed(run(d, kill_after="round_001/checkpoints/step_"))
+        assert items(d) == ["init", "round_000/final", "round_000/mask",
+                            "round_001/checkpoints/step_00000010", "round_001/mask"]
+
+    return made_once(shared_base(tmp_path_factory), "imp_killed", make)
 
 
 def test_killed_in_the_trunk_in_a_controls_write_and_before_the_markers(

@@ -26,6 +26,7 @@ from _killrun import (
     engine_lines,
     items,
     lotto,
+    made_once,
     shared_base,
     tiny_npz,
 )
@@ -54,11 +55,10 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(env, tmp_path_factory):
-    """The uninterrupted run A."""
+    """The uninterrupted run A (made once for the session's workers)."""
     run, _ = env
-    d = tmp_path_factory.mktemp("train_ref") / "a"
-    assert_ok(run(d))
-    return d
+    return made_once(shared_base(tmp_path_factory), "train_ref",
+                     lambda d: assert_ok(run(d)))
 
 
 def decisions(proc):
@@ -75,28 +75,26 @@ def restore(path):
     return ocp.StandardCheckpointer().restore(str(path))
 
 
-def test_killed_three_times_ends_as_the_uninterrupted_run(env, reference, tmp_path):
-    """Killed inside the first checkpoint write, after a later checkpoint, and
-    after ``train/final`` before its marker; each rerun goes on from what was
-    committed, and the last one equals A bit for bit."""
+def test_killed_twice_ends_as_the_uninterrupted_run(env, reference, tmp_path):
+    """Killed inside the first checkpoint write, then after ``train/final``
+    before its marker; each rerun goes on from what was committed, and the last
+    one equals A bit for bit. (Resuming from a mid-run checkpoint:
+    :func:`test_replicates_resume_and_keep_their_seeds`.)"""
     run, _ = env
     d = tmp_path / "run"
     # 1. inside the write of step 10: orbax wrote it, its manifest never came
     assert_killed(run(d, kill_in="train/checkpoints/step_"))
     assert items(d) == ["init", "mask"]
     assert (d / "train" / "checkpoints" / "step_00000010").is_dir()  # the partial item
-    # 2. the partial item is never loaded: from step 0 again, killed after step 20
-    p = run(d, kill_after="train/checkpoints/step_00000020")
+    # 2. the partial item is never loaded: from step 0 again, killed once
+    # train/final is committed, before metrics.json
+    p = run(d, kill_after="train/final")
     assert_killed(p)
     assert decisions(p) == ["train: training from step 0"]
     assert took_over_a_dead_lock(p)  # the killed run's lock
-    assert "train/checkpoints/step_00000020" in items(d)
-    # 3. from step 20, killed once train/final is committed, before metrics.json
-    p = run(d, kill_after="train/final")
-    assert_killed(p)
-    assert decisions(p) == ["train: training from step 20"]
+    assert "train/checkpoints/step_00000030" in items(d)
     assert not (d / "train" / "metrics.json").exists() and not (d / "results.json").exists()
-    # 4. nothing trains: the stored final's curve completes the unit
+    # 3. nothing trains: the stored final's curve completes the unit
     p = run(d)
     assert_ok(p)
     assert decisions(p) == ["train: completed from its stored final"]
