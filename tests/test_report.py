@@ -10,6 +10,7 @@ import os
 import shutil
 
 import pytest
+from _killrun import made_once, shared_base
 
 from lotto_jax import train
 from lotto_jax.runs import common, plots, report
@@ -33,11 +34,21 @@ def config(out, **train_kw):
     )
 
 
+def stored_metrics(out, unit):
+    with open(os.path.join(out, unit, "metrics.json")) as f:
+        return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("report") / "imp")
-    cfg = config(out)
-    return cfg, imp_run.main(cfg)
+    """``(config, the stored metrics.json of rounds 0-2, of the random control's
+    rounds 1-2)`` of the run, made once for the session's workers (tests read it;
+    the report's figures go elsewhere)."""
+    d = made_once(shared_base(tmp_path_factory), "report_imp",
+                  lambda d: imp_run.main(config(str(d))))
+    cfg = config(str(d))
+    return (cfg, [stored_metrics(cfg.out, f"round_{r:03d}") for r in range(3)],
+            [stored_metrics(cfg.out, f"controls/random/round_{r:03d}") for r in (1, 2)])
 
 
 def hand_densities(rounds):
@@ -55,7 +66,7 @@ def test_hand_densities_are_what_we_think():
 
 
 def test_table_and_figures(finished, tmp_path):
-    cfg, result = finished
+    cfg, rounds, controls = finished
     rep = report.main(report.ReportConfig(dir=cfg.out, figures=str(tmp_path / "fig")))
     header, rows = report.table(rep.run)
     assert header[:6] == ["round", "% weights", "final acc", "ES step", "acc @ ES", "best acc"]
@@ -64,14 +75,14 @@ def test_table_and_figures(finished, tmp_path):
     assert [row[1] for row in rows] == [f"{d:.2f}" for d in expected]
     assert [row[1] for row in rows] == ["100.00", "80.18", "64.31"]
     for r, row in enumerate(rows):
-        m = result.rounds[r].metrics
+        m = rounds[r]
         assert row[2] == f"{100 * m['final_test_accuracy']:.2f}"
         assert row[3] == str(m["early_stop_step"])
         assert row[5] == f"{100 * m['best_test_accuracy']:.2f}"
         if r == 0:
             assert row[6:] == ["-", "-"]
         else:
-            c = result.controls["random"][r - 1].metrics
+            c = controls[r - 1]
             assert row[6] == f"{100 * c['final_test_accuracy']:.2f}"
     for line in (" 80.18 ", " 64.31 "):
         assert line in rep.table
@@ -84,8 +95,8 @@ def test_table_and_figures(finished, tmp_path):
         assert blob[:8] == PNG and len(blob) > 10_000, path
 
 
-def test_config_json_and_refusal(finished):
-    cfg, _ = finished
+def test_config_json_and_refusal(finished, tmp_path):
+    cfg, _, _ = finished
     with open(os.path.join(cfg.out, "config.json")) as f:
         assert json.load(f) == common.config_to_dict(cfg)
     changed = config(cfg.out, momentum=0.5)
@@ -96,12 +107,12 @@ def test_config_json_and_refusal(finished):
         cli_run(["imp", "--out", cfg.out, "--fraction", "0.3", "--steps", "20",
                  "--eval-every", "10", "--batch-size", "50", "--lr", "1e-3",
                  "--validation", "1000", "--rounds", "2", "--controls", "random"])
-    rep = cli_run(["report", cfg.out])
+    rep = cli_run(["report", cfg.out, "--figures", str(tmp_path / "fig")])
     assert len(rep.run.rounds) == 3
 
 
 def test_replicates_show_mean_and_std(finished, tmp_path):
-    cfg, _ = finished
+    cfg, _, _ = finished
     d = str(tmp_path / "replicated")
     shutil.copytree(cfg.out, d, ignore=shutil.ignore_patterns("figures"))
     path = os.path.join(d, "round_001", "metrics.json")
@@ -193,45 +204,9 @@ def test_plots_band_and_errors(tmp_path):
         report.load_run(str(tmp_path))
 
 
-def test_real_replicated_run_mean_std_and_bands(tmp_path):
-    """lotto imp with 2 replicates, end to end: per-replicate lists in metrics.json,
-    mean ± std in the table, ±std bands in the figures."""
-    import dataclasses
-
-    import numpy as np
-
-    base = config(str(tmp_path / "rep"))
-    cfg = dataclasses.replace(base, rounds=1,
-                              run=dataclasses.replace(base.run, replicates=2))
-    result = imp_run.main(cfg)
-    with open(os.path.join(cfg.out, "round_001", "metrics.json")) as f:
-        stored = json.load(f)
-    assert len(stored["final_test_accuracy"]) == 2
-    assert len(stored["curve"][-1]["test_accuracy"]) == 2
-    assert stored["layers"]["Dense_1/kernel"]["kept"] == [200000, 200000]
-    rep = report.main(report.ReportConfig(dir=cfg.out, figures=str(tmp_path / "fig")))
-    _, rows = report.table(rep.run)
-    assert report.replicates(rep.run) == 2
-
-    def mean_std(values):  # two replicates by hand: mean (a+b)/2, population std |a-b|/2
-        x, y = 100 * values[0], 100 * values[1]
-        return f"{(x + y) / 2:.2f} ± {abs(x - y) / 2:.2f}"
-
-    for r, row in enumerate(rows):
-        m = result.rounds[r].metrics
-        assert row[2] == mean_std(m["final_test_accuracy"])
-        assert row[5] == mean_std(m["best_test_accuracy"])
-    c = result.controls["random"][0].metrics
-    assert rows[1][6:] == [mean_std(c["final_test_accuracy"]),
-                           mean_std(c["best_test_accuracy"])]
-    # the headline figure draws the trunk's per-replicate best accuracies as a band
-    ax = report.lottery_figure(rep.run).axes[0]
-    (band,) = [col for col in ax.collections if _band_label(ax, col) == "IMP ticket"]
-    for r, (lo, hi) in enumerate(_band_limits(band)):
-        v = 100 * np.asarray(result.rounds[r].metrics["best_test_accuracy"])
-        np.testing.assert_allclose([lo, hi], [v.min(), v.max()], atol=1e-6)  # 2 replicates
-    for path in rep.figures:
-        assert open(path, "rb").read()[:8] == PNG
+# A real replicated run (lotto imp with 2 replicates, end to end: per-replicate lists
+# in metrics.json, mean ± std in the table, ±std bands in the figures) is the README's
+# main job: tests/test_resume_imp.py::test_readme_main_job_cut_down_then_report.
 
 
 def test_every_imp_figure_from_hand_values():

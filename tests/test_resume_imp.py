@@ -171,31 +171,61 @@ def _readme_main_job() -> tuple[list[str], list[str]]:
 
 def test_readme_main_job_cut_down_then_report(tmp_path_factory, tmp_path):
     """``lotto imp --recipe mnist1d-lottery --out DIR && lotto report DIR`` as the
-    README writes it, with 1 round of 20 steps: the report's figures exist and its
-    table shows the stored metrics (mean over the recipe's 3 replicates; the
-    density counted from the stored mask)."""
+    README writes it, with 1 round of 20 steps and 2 of the recipe's 3 replicates:
+    the report's figures exist; its table shows the stored metrics (the density
+    counted from the stored mask; per-replicate accuracies as mean ± std, for two
+    replicates (a+b)/2 ± |a-b|/2 by hand); the headline figure draws the trunk's
+    per-replicate best accuracies as a band [min, max] (read from its artists).
+    (This is also the real replicated run of tests/test_report.py.)"""
+    from test_report import _band_label, _band_limits
+
+    from lotto_jax.runs import report
+
     imp_args, report_args = _readme_main_job()
     out = imp_args[imp_args.index("--out") + 1]
     assert report_args == ["report", out]
     d = str(tmp_path / "mnist1d")
     cache = shared_base(tmp_path_factory) / "xla_cache"
-    short = ["--rounds", "1", "--steps", "20", "--eval-every", "10"]
+    short = ["--rounds", "1", "--steps", "20", "--eval-every", "10", "--replicates", "2"]
     p = lotto([a if a != out else d for a in imp_args] + short, cache_dir=cache)
     assert_ok(p)
     p = lotto(["report", d], cache_dir=cache)
     assert_ok(p)
     for name in ("lottery.png", "accuracy.png", "best_accuracy.png", "curves.png"):
         assert (tmp_path / "mnist1d" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    metrics = json.loads((tmp_path / "mnist1d" / "round_001" / "metrics.json").read_text())
-    control = json.loads(
-        (tmp_path / "mnist1d" / "controls" / "random" / "round_001" / "metrics.json").read_text())
-    mask = ocp.StandardCheckpointer().restore(str(tmp_path / "mnist1d" / "round_001" / "mask"))
+    runs = tmp_path / "mnist1d"
+    rounds = [json.loads((runs / f"round_{r:03d}" / "metrics.json").read_text())
+              for r in (0, 1)]
+    control = json.loads((runs / "controls" / "random" / "round_001" / "metrics.json")
+                         .read_text())
+    mask = ocp.StandardCheckpointer().restore(str(runs / "round_001" / "mask"))
     leaves = [np.asarray(m) for m in jax.tree.leaves(mask)]
-    assert leaves[0].shape[0] == 3  # the recipe's replicates
+    assert leaves[0].shape[0] == 2  # the replicates
     density = sum(int(m[0].sum()) for m in leaves) / sum(m[0].size for m in leaves)
-    (row,) = [line for line in p.stdout.splitlines() if re.match(r"^\W*1\W", line)]
-    cells = [c.strip() for c in re.split(r"[│┃]", row) if c.strip()]
-    assert cells[1] == f"{100 * density:.2f}"  # every leaf pruned 20 %: 80.00
-    for value in (metrics["final_test_accuracy"], metrics["best_test_accuracy"],
-                  control["final_test_accuracy"]):
-        assert f"{100 * np.mean(value):.2f} ± " in row, (value, row)
+    for m in (*rounds, control):  # per-replicate lists
+        assert len(m["final_test_accuracy"]) == 2
+        assert len(m["curve"][-1]["test_accuracy"]) == 2
+    kernel = np.asarray(mask["Dense_1"]["kernel"])
+    assert rounds[1]["layers"]["Dense_1/kernel"]["kept"] == [int(k.sum()) for k in kernel]
+
+    def mean_std(values):  # two replicates by hand: mean (a+b)/2, population std |a-b|/2
+        x, y = 100 * values[0], 100 * values[1]
+        return f"{(x + y) / 2:.2f} ± {abs(x - y) / 2:.2f}"
+
+    table = [line for line in p.stdout.splitlines() if re.match(r"^\W*[01]\W", line)]
+    assert len(table) == 2, p.stdout
+    for r, row in enumerate(table):
+        cells = [c.strip() for c in re.split(r"[│┃]", row) if c.strip()]
+        assert cells[0] == str(r)
+        assert cells[1] == (f"{100 * density:.2f}" if r else "100.00")
+        for value in (rounds[r]["final_test_accuracy"], rounds[r]["best_test_accuracy"]):
+            assert mean_std(value) in cells, (value, row)
+    for value in (control["final_test_accuracy"], control["best_test_accuracy"]):
+        assert mean_std(value) in table[1], (value, table[1])
+    run = report.load_run(d)
+    assert report.replicates(run) == 2
+    ax = report.lottery_figure(run).axes[0]
+    (band,) = [col for col in ax.collections if _band_label(ax, col) == "IMP ticket"]
+    for r, (lo, hi) in enumerate(_band_limits(band)):
+        v = 100 * np.asarray(rounds[r]["best_test_accuracy"])
+        np.testing.assert_allclose([lo, hi], [v.min(), v.max()], atol=1e-6)
