@@ -49,7 +49,9 @@ ONE_WORKER = (
     "tests/test_dst.py",
     "tests/test_imp.py",
     "tests/test_models.py",
+    "tests/test_pai.py",
     "tests/test_resume_dst.py",
+    "tests/test_supermask.py",
 )
 
 

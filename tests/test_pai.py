@@ -325,26 +325,38 @@ def np_accuracy(params, mask, split, *, residual=False):
 ONE_EXAMPLE = 1e-3 + 1e-9
 
 
-def test_main_end_to_end_on_mnist1d(tmp_path, monkeypatch):
-    """Truths: the masks restored with plain orbax; θ0 and the reinit weights from
-    ``models.init`` with the keys ``key(seed)`` and ``fold_in(key(seed), 3)``; each
-    variant's reported test accuracy re-computed by a numpy forward pass of its
-    final params ⊙ its restored mask on ``data.load``'s test split."""
-    calls = []
-    real_prepare = common.prepare
-    monkeypatch.setattr(common, "prepare", lambda c: calls.append(1) or real_prepare(c))
-    spy = FitSpy(train.fit)
-    monkeypatch.setattr(train, "fit", spy)
-    out = str(tmp_path / "run")
-    config = pai_run.PaiConfig(
+def snip_config(out, replicates=1):
+    """SNIP at density 0.05 with three controls on the MNIST-1D MLP, 20 steps."""
+    return pai_run.PaiConfig(
         run=common.RunConfig(
-            model="mnist1d_mlp", validation=500,
+            model="mnist1d_mlp", validation=500, replicates=replicates,
             train=train.TrainConfig(steps=20, batch_size=100, eval_every=10, lr=2e-2),
         ),
         method="snip", density=0.05, controls=("shuffle", "reinit", "invert"),
         sample_per_class=5, out=out,
     )
-    result = pai_run.main(config)
+
+
+@pytest.fixture(scope="module")
+def snip_run(tmp_path_factory):
+    """``(out, result, FitSpy, prepare calls)`` of :func:`snip_config`'s run."""
+    calls = []
+    real_prepare = common.prepare
+    spy = FitSpy(train.fit)
+    out = str(tmp_path_factory.mktemp("pai") / "run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(common, "prepare", lambda c: calls.append(1) or real_prepare(c))
+        mp.setattr(train, "fit", spy)
+        result = pai_run.main(snip_config(out))
+    return out, result, spy, calls
+
+
+def test_main_end_to_end_on_mnist1d(snip_run):
+    """Truths: the masks restored with plain orbax; θ0 and the reinit weights from
+    ``models.init`` with the keys ``key(seed)`` and ``fold_in(key(seed), 3)``; each
+    variant's reported test accuracy re-computed by a numpy forward pass of its
+    final params ⊙ its restored mask on ``data.load``'s test split."""
+    out, result, spy, calls = snip_run
     assert len(calls) == 1  # one prepare: one trainer for the method and its controls
     with open(os.path.join(out, "results.json")) as f:
         saved = json.load(f)
@@ -484,27 +496,19 @@ def test_main_methods_exact_counts_and_reported_accuracy(tmp_path, monkeypatch, 
                                                           abs=ONE_EXAMPLE)
 
 
-def test_main_replicates_prune_each_replicate_and_train_together(tmp_path, capsys):
+def test_main_replicates_prune_each_replicate_and_train_together(snip_run, tmp_path,
+                                                                 capsys):
     """--replicates 2: replicate 0 is the single run (same masks, accuracy to float
     rounding); replicate 1 is SNIP on its own θ0 (seed + 1) and its own sample
     (data seed + 1); results are per-replicate lists, shown as mean ± std."""
-    def config(out, replicates):
-        return pai_run.PaiConfig(
-            run=common.RunConfig(
-                model="mnist1d_mlp", validation=500, replicates=replicates,
-                train=train.TrainConfig(steps=10, batch_size=100, eval_every=10, lr=2e-2),
-            ),
-            method="snip", density=0.05, controls=("shuffle",), sample_per_class=5,
-            out=out,
-        )
-
-    one_dir, two_dir = str(tmp_path / "one"), str(tmp_path / "two")
-    one = pai_run.main(config(one_dir, 1))
+    config = snip_config
+    one_dir, one, _, _ = snip_run
+    two_dir = str(tmp_path / "two")
     two = pai_run.main(config(two_dir, 2))
     assert "± " in capsys.readouterr().out  # the table shows mean ± std
     assert (one["replicates"], two["replicates"]) == (1, 2)
     ckpt = ocp.StandardCheckpointer()
-    for name in ("snip", "shuffle"):
+    for name in ("snip", "shuffle", "reinit", "invert"):
         a, b = one["variants"][name], two["variants"][name]
         m1 = ckpt.restore(os.path.join(one_dir, "variants", name, "mask"))
         m2 = ckpt.restore(os.path.join(two_dir, "variants", name, "mask"))

@@ -7,10 +7,13 @@ the vmapped one, the plain model run on the exported weights for the export, and
 numpy forward passes on the checkpoints the driver wrote.
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -453,15 +456,27 @@ def _config(tmp_path, method, **kw):
     return supermask_run.SupermaskConfig(run=run, method=method, out=str(tmp_path / method), **kw)
 
 
-def test_main_edge_popup_writes_results(tmp_path, capsys, mnist1d):
+@pytest.fixture(scope="module")
+def edge_popup_seed1(tmp_path_factory):
+    """``(config, results, what it printed)`` of one edge-popup search (keep 0.3)
+    with seed 1 and data seed 1: the single run that replicate 1 of a
+    2-replicate search equals."""
+    config = _config(tmp_path_factory.mktemp("single"), "edge-popup", keep=0.3)
+    config = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, seed=1, data_seed=1))
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        results = supermask_run.main(config)
+    return config, results, printed.getvalue()
+
+
+def test_main_edge_popup_writes_results(edge_popup_seed1, mnist1d):
     """Truths: the exported mask and frozen weights restored with plain orbax from
     the run's ``export/`` items; the density counted from the mask; the exported
     accuracy re-computed by a numpy forward pass on weights ⊙ mask (tolerance: one
     test example in 1000, a float32/float64 near-tie of two logits); the curve's
     evaluation steps (0, 10, 20)."""
-    config = _config(tmp_path, "edge-popup", keep=0.3)
-    results = supermask_run.main(config)
-    out = tmp_path / "edge-popup"
+    config, results, printed = edge_popup_seed1
+    out = pathlib.Path(config.out)
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     assert results["layer_density"] == {
@@ -484,19 +499,15 @@ def test_main_edge_popup_writes_results(tmp_path, capsys, mnist1d):
     ticket = jax.tree.map(lambda w, m: np.where(m, w, 0), weights, mask)
     assert mlp_accuracy(ticket, mnist1d.test) == pytest.approx(
         results["exported_test_accuracy"], abs=1e-3 + 1e-9)
-    assert "supermask search" in capsys.readouterr().out
+    assert "supermask search" in printed
 
 
-def test_main_replicates_equal_single_runs(tmp_path):
+def test_main_replicates_equal_single_runs(tmp_path, edge_popup_seed1):
     """--replicates 2: replicate 1 is the single run with seed 1 and data seed 1."""
     both = _config(tmp_path, "edge-popup", keep=0.3)
     both = dataclasses.replace(both, run=dataclasses.replace(both.run, replicates=2))
     rep = supermask_run.main(both)
-    single = _config(tmp_path / "s", "edge-popup", keep=0.3)
-    single = dataclasses.replace(
-        single, run=dataclasses.replace(single.run, seed=1, data_seed=1)
-    )
-    one = supermask_run.main(single)
+    _, one, _ = edge_popup_seed1
     assert rep["replicates"] == 2 and len(rep["final_test_accuracy"]) == 2
     assert rep["final_test_accuracy"][1] == pytest.approx(one["final_test_accuracy"], abs=1e-6)
     mask = ocp.StandardCheckpointer().restore(str(tmp_path / "edge-popup" / "export" / "mask"))
