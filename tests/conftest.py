@@ -31,6 +31,12 @@ os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"  # and in the test's subp
 
 _CACHE_ENV = "LOTTO_TESTS_XLA_CACHE"
 
+# The helpers tests/_*.py are imported by the tests, never collected: under
+# --doctest-modules pytest imports every module it finds, and _multidevice_train.py
+# is a script that sets 8 host devices (XLA_FLAGS, inherited by every subprocess
+# the worker starts) and trains at import, in each xdist worker before any test.
+collect_ignore_glob = ["_*.py"]
+
 
 def pytest_configure(config):
     if not os.environ.get(_CACHE_ENV):  # the session's first process: not a worker
@@ -52,6 +58,7 @@ ONE_WORKER = (
     "tests/test_pai.py",
     "tests/test_resume_dst.py",
     "tests/test_supermask.py",
+    "tests/test_train.py",
 )
 
 

@@ -1,6 +1,8 @@
 """Tests of lotto_jax.train, lotto_jax.runs.common and the `lotto train` command."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import math
 
@@ -347,37 +349,47 @@ def test_early_stop_is_minimum_validation_loss():
 _ONE_EXAMPLE = 1e-3 + 1e-9
 
 
-def test_lotto_train_command_writes_outputs(tmp_path, capsys):
+_LOTTO_TRAIN = ["train", "--model", "mlp", "--steps", "20", "--eval-every", "10",
+                "--batch-size", "50", "--lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def trained_seed1(tmp_path_factory):
+    """``(out, result, what it printed)`` of ``lotto train`` (in this process) with
+    seed 1 and data seed 1: the single run that replicate 1 of ``--replicates 2``
+    equals."""
+    out = tmp_path_factory.mktemp("lotto_train") / "run"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        result = cli_run([*_LOTTO_TRAIN, "--seed", "1", "--data-seed", "1",
+                          "--out", str(out)])
+    return out, result, printed.getvalue()
+
+
+def test_lotto_train_command_writes_outputs(trained_seed1):
     """Truth: the trained params restored with plain orbax from ``train/final``,
     evaluated by numpy on ``data.load("mnist1d")``'s test split, give the reported
     final accuracy. (``--mask``, resume and replicates' seeds:
     tests/test_resume_train.py.)"""
     import orbax.checkpoint as ocp
 
-    out = tmp_path / "run"
-    result = cli_run([
-        "train", "--model", "mlp", "--steps", "20", "--eval-every", "10",
-        "--batch-size", "50", "--lr", "0.01", "--out", str(out),
-    ])
+    out, result, printed = trained_seed1
     assert result.curve[-1].step == 20
     config = json.loads((out / "config.json").read_text())
     assert config["run"]["train"]["steps"] == 20 and config["run"]["model"] == "mlp"
     summary = json.loads((out / "results.json").read_text())
     assert summary["final_test_accuracy"] == pytest.approx(result.final_test_accuracy)
     assert summary["density"] == 1.0
-    assert "final_test_accuracy" in capsys.readouterr().out
+    assert "final_test_accuracy" in printed
     params = ocp.StandardCheckpointer().restore(str(out / "train" / "final"))["params"]
     test = data.load("mnist1d", seed=0).test
     assert mlp_accuracy(params, test) == pytest.approx(
         summary["final_test_accuracy"], abs=_ONE_EXAMPLE)
 
 
-def test_lotto_train_replicates_match_single_runs(tmp_path):
+def test_lotto_train_replicates_match_single_runs(tmp_path, trained_seed1):
     """--replicates 2: replicate i equals a single run with seed + i, data seed + i."""
-    args = ["train", "--model", "mlp", "--steps", "20", "--eval-every", "10",
-            "--batch-size", "50", "--lr", "0.01"]
-    both = cli_run([*args, "--replicates", "2", "--out", str(tmp_path / "r")])
-    second = cli_run([*args, "--seed", "1", "--data-seed", "1", "--out", str(tmp_path / "s")])
+    both = cli_run([*_LOTTO_TRAIN, "--replicates", "2", "--out", str(tmp_path / "r")])
+    _, second, _ = trained_seed1
     assert both.final_test_accuracy[1] == pytest.approx(second.final_test_accuracy, abs=1e-6)
     assert both.final_test_accuracy.shape == (2,)
 
