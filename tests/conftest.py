@@ -49,22 +49,26 @@ def pytest_configure(config):
 
 # Modules whose tests one xdist worker runs together: their module fixtures (trained
 # runs, a compiled trainer, a big model's variables) are made once, not once per
-# worker. The others are spread test by test. (xdist's own ``xdist_group`` mark
-# does not group under pytest 9.2, which no longer reads the node id xdist edits.)
-ONE_WORKER = (
-    "tests/test_dst.py",
-    "tests/test_imp.py",
-    "tests/test_models.py",
-    "tests/test_pai.py",
-    "tests/test_resume_dst.py",
-    "tests/test_supermask.py",
-    "tests/test_train.py",
-)
+# worker; modules of one group (test_imp and test_replicates: the same tiny IMP
+# problem) run one after the other, the second loading the first's compiled
+# programs from the cache instead of compiling them beside it. The others are
+# spread test by test. (xdist's own ``xdist_group`` mark does not group under
+# pytest 9.2, which no longer reads the node id xdist edits.)
+ONE_WORKER = {
+    "tests/test_dst.py": "dst",
+    "tests/test_imp.py": "imp",
+    "tests/test_models.py": "models",
+    "tests/test_pai.py": "pai",
+    "tests/test_replicates.py": "imp",
+    "tests/test_resume_dst.py": "resume_dst",
+    "tests/test_supermask.py": "supermask",
+    "tests/test_train.py": "train",
+}
 
 
 @pytest.hookimpl(tryfirst=True, optionalhook=True)  # before xdist's own
 def pytest_xdist_make_scheduler(config, log):
-    """``-n N`` (xdist's "load"): test by test, but :data:`ONE_WORKER` modules whole."""
+    """``-n N`` (xdist's "load"): test by test, but :data:`ONE_WORKER` by group."""
     if config.getvalue("dist") != "load":
         return None  # an explicit --dist
     from xdist.scheduler import LoadScopeScheduling
@@ -72,7 +76,7 @@ def pytest_xdist_make_scheduler(config, log):
     class Scheduling(LoadScopeScheduling):  # larger scopes are handed out first
         def _split_scope(self, nodeid):
             module = nodeid.split("::", 1)[0]
-            return module if module in ONE_WORKER else nodeid
+            return ONE_WORKER.get(module, nodeid)
 
     return Scheduling(config, log)
 

@@ -108,25 +108,30 @@ def assert_one_line_error(result, *names):
     return lines[0]
 
 
+def imp_args(shared, out):
+    """The tiny IMP run: rounds 0-2, the shuffle control, a checkpoint at step 10."""
+    return ["imp", "--dataset", f"npz:{shared / 'tiny.npz'}", "--rounds", "2",
+            "--controls", "shuffle", "--save-every", "10", *TINY, "--out", str(out)]
+
+
 @pytest.fixture(scope="module")
 def finished_imp(shared):
-    """A finished 1-round IMP run (made once per session) and its arguments."""
-    d = shared / "imp"
-    args = ["imp", "--dataset", f"npz:{shared / 'tiny.npz'}", "--rounds", "1", *TINY,
-            "--out", d]
-    with _locked(shared / "imp.lock"):
-        if not (d / "round_001" / "metrics.json").exists():
+    """The uninterrupted :func:`imp_args` run (made once per session, shared with
+    tests/test_run_layer.py) and its arguments."""
+    d = shared / "imp2"
+    with _locked(shared / "imp2.lock"):
+        if not (d / "round_002" / "metrics.json").exists():
             shutil.rmtree(d, ignore_errors=True)
-            result = lotto(shared, *args)
+            result = lotto(shared, *imp_args(shared, d))
             assert result.returncode == 0, result.stderr[-3000:]
-    return d, args
+    return d, imp_args(shared, d)
 
 
 def _copy_run(finished_imp, tmp_path):
     d, args = finished_imp
     copy = tmp_path / "run"
     shutil.copytree(d, copy)
-    return copy, [str(copy) if a == d else a for a in args]
+    return copy, [str(copy) if a == str(d) else a for a in args]
 
 
 # ------------------------------------------------------------ names and values
@@ -268,21 +273,21 @@ def test_missing_run_directory_for_report(shared, tmp_path):
 
 def test_changed_config_on_resume(shared, finished_imp, tmp_path):
     d, args = _copy_run(finished_imp, tmp_path)
-    args[args.index("--rounds") + 1] = "2"  # allowed to change; --fraction is not
+    args[args.index("--rounds") + 1] = "3"  # allowed to change; --fraction is not
     r = lotto(shared, *args, "--fraction", "0.3")
     assert_one_line_error(r, d, "fraction: 0.2 -> 0.3", "--overwrite", "--new-dir")
 
 
 def test_corrupt_checkpoint_exits_with_one_line_not_an_abort(shared, finished_imp, tmp_path):
-    """A corrupt file of round 1 found when round 2 starts: the error line and
+    """A corrupt file of round 2 found when round 3 starts: the error line and
     status 2. It aborted (status 134, "terminate called after throwing an
     instance of ''"): the pruning warm-up thread, a daemon, was still in XLA at
     interpreter exit (it did with a warm XLA cache too)."""
     d, args = _copy_run(finished_imp, tmp_path)
-    final = d / "round_001" / "final"
+    final = d / "round_002" / "final"
     victim = sorted(p for p in final.rglob("*") if p.is_file() and p.parent.name == "d")[0]
     victim.write_bytes(b"garbage")
-    args[args.index("--rounds") + 1] = "2"
+    args[args.index("--rounds") + 1] = "3"
     r = lotto(shared, *args)
     assert_one_line_error(r, victim, "bytes")
     assert "terminate called" not in r.stderr

@@ -25,12 +25,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from _killrun import made_once
-from test_cli_errors import TINY, _env, _locked, assert_one_line_error, lotto, shared
+from test_cli_errors import (
+    TINY,
+    _env,
+    assert_one_line_error,
+    finished_imp,
+    imp_args,
+    lotto,
+    shared,
+)
 
 from lotto_jax.runs import cli
 from lotto_jax.runs.store import RunLockedError, RunStore
 
-__all__ = ["shared"]  # the fixture, imported
+__all__ = ["finished_imp", "shared"]  # the fixtures, imported
 
 CRASH = """
 import os, sys
@@ -46,21 +54,10 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-def imp_args(shared, out):
-    return ["imp", "--dataset", f"npz:{shared / 'tiny.npz'}", "--rounds", "2",
-            "--controls", "shuffle", "--save-every", "10", *TINY, "--out", str(out)]
-
-
 @pytest.fixture(scope="module")
-def reference(shared):
+def reference(finished_imp):
     """The uninterrupted 2-round run (made once per session)."""
-    d = shared / "imp2"
-    with _locked(shared / "imp2.lock"):
-        if not (d / "round_002" / "metrics.json").exists():
-            shutil.rmtree(d, ignore_errors=True)
-            r = lotto(shared, *imp_args(shared, d))
-            assert r.returncode == 0, r.stderr[-3000:]
-    return d
+    return finished_imp[0]
 
 
 def copy_of(reference, tmp_path, name="run"):
