@@ -36,6 +36,7 @@ __all__ = [
     "replicate_variables",
     "run_in_store",
     "stack",
+    "start_weights",
     "write_config",
 ]
 
@@ -155,6 +156,20 @@ def stack(trees) -> Any:
 def replicate_variables(module: nn.Module, input_shape, seed: int, replicates: int):
     """Variables of ``replicates`` networks from seeds ``seed, seed + 1, ...``, stacked."""
     return stack([init_variables(module, input_shape, seed + i) for i in range(replicates)])
+
+
+def start_weights(run: RunConfig, prep: Prepared) -> tuple[dict[str, Any], jax.Array]:
+    """``(θ0, data key)`` of ``run.replicates`` networks: ``{"params", "model_state"}``
+    from seeds ``seed + i`` and data keys ``data_seed + i``, stacked along a leading
+    replicate axis when there are several (replicate 0 is the single run)."""
+    if run.replicates > 1:
+        variables = replicate_variables(prep.module, prep.dataset.input_shape, run.seed,
+                                        run.replicates)
+        data_key = replicate_data_keys(run.data_seed, run.replicates)
+    else:
+        variables, data_key = prep.variables, prep.data_key
+    return ({"params": variables["params"],
+             "model_state": {k: v for k, v in variables.items() if k != "params"}}, data_key)
 
 
 def replicate_data_keys(data_seed: int, replicates: int) -> jax.Array:

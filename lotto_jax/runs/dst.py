@@ -242,15 +242,8 @@ def _start(config: DstConfig, prep):
 
     n = config.run.replicates
     seeds = [config.run.seed + i for i in range(n)]
-    if n > 1:
-        variables = common.replicate_variables(
-            prep.module, prep.dataset.input_shape, config.run.seed, n)
-        data_key = common.replicate_data_keys(config.run.data_seed, n)
-    else:
-        variables, data_key = prep.variables, prep.data_key
+    theta0, data_key = common.start_weights(config.run, prep)
     keys = [jax.random.key_data(jax.random.fold_in(jax.random.key(s), 1)) for s in seeds]
-    theta0 = {"params": variables["params"],
-              "model_state": {k: v for k, v in variables.items() if k != "params"}}
     return theta0, data_key, (common.stack(keys) if n > 1 else keys[0])
 
 

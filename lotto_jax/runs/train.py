@@ -90,14 +90,7 @@ def _start(config: TrainCommand, prep) -> tuple[dict[str, Any], Any, Any]:
     from lotto_jax.runs import common
 
     n = config.run.replicates
-    if n > 1:
-        variables = common.replicate_variables(
-            prep.module, prep.dataset.input_shape, config.run.seed, n)
-        data_key = common.replicate_data_keys(config.run.data_seed, n)
-    else:
-        variables, data_key = prep.variables, prep.data_key
-    theta0 = {"params": variables["params"],
-              "model_state": {k: v for k, v in variables.items() if k != "params"}}
+    theta0, data_key = common.start_weights(config.run, prep)
 
     def make_mask():
         if not config.mask:
