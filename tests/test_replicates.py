@@ -304,11 +304,27 @@ def test_saves_copy_the_tree_so_donated_buffers_can_move_on(tmp_path):
 
 
 def test_imp_on_a_data_mesh_gives_the_single_device_masks(dataset, tmp_path):
-    path = str(tmp_path / "data.npz")
+    """IMP data-parallel over 8 host devices (a subprocess: its params sharded over
+    the 8, one compile per train chunk) gives the masks of the same run on one
+    device (made here) bit for bit, and its params to float rounding."""
+    path, out = str(tmp_path / "data.npz"), str(tmp_path / "mesh.npz")
     tiny.save_dataset(dataset, path)
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    done = subprocess.run([sys.executable, HELPER, "--mesh-check", path],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "MESH OK" in done.stdout
+    done = subprocess.Popen([sys.executable, HELPER, "--mesh-check", path, out],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    _, _, params0, trainer, init_fn = tiny.setup(dataset)
+    one = tiny.mesh_arrays(tiny.run(trainer, params0, dataset, init_fn, store=None,
+                                    controls=tiny.MESH_CONTROLS))
+    stdout, stderr = done.communicate(timeout=600)
+    assert done.returncode == 0, stdout + stderr
+    assert "MESH OK" in stdout
+    with np.load(out) as many:
+        assert sorted(many.files) == sorted(one)
+        for name, x in one.items():
+            if name.startswith("params/"):
+                np.testing.assert_allclose(many[name], x, rtol=1e-4, atol=1e-5,
+                                           err_msg=name)
+            else:
+                np.testing.assert_array_equal(many[name], x, err_msg=name)
