@@ -1,13 +1,14 @@
 """``lotto train`` killed and rerun, through the installed entry point.
 
 Every run is tiny (the ``mlp`` on a 40-feature ``.npz`` whose labels are a linear
-function of the inputs, 40 steps, a checkpoint every 10) and goes through
+function of the inputs, 40 steps, a checkpoint every 10; two replicates trained
+together, so that one chain of kills covers the replicates too) and goes through
 :func:`_killrun.lotto`, which SIGKILLs the process at a named store item. The truth
 is an uninterrupted run of the same command: every committed item bit for bit and
 every JSON record equal (:func:`_killrun.assert_same_run`); the engine's
 ``lotto: train: ...`` lines are the evidence that finished work was reused and
-that training went on from a checkpoint. The ``--mask`` run is checked against a
-numpy forward pass of its restored weights.
+that training went on from a checkpoint. The ``--mask`` run (one network) is
+checked against a numpy forward pass of its restored weights.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lotto_jax import data, imp, masks, models
 
 ARGS = ["--model", "mlp", "--steps", "40", "--eval-every", "10", "--batch-size", "32",
         "--validation", "64", "--save-every", "10"]
+REPLICATES = ["--replicates", "2"]  # run A and the kill chain
 
 
 
@@ -55,10 +57,11 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(env, tmp_path_factory):
-    """The uninterrupted run A (made once for the session's workers)."""
+    """The uninterrupted run A, two replicates (made once for the session's
+    workers)."""
     run, _ = env
     return made_once(shared_base(tmp_path_factory), "train_ref",
-                     lambda d: assert_ok(run(d)))
+                     lambda d: assert_ok(run(d, *REPLICATES)))
 
 
 def decisions(proc):
@@ -75,27 +78,30 @@ def restore(path):
     return ocp.StandardCheckpointer().restore(str(path))
 
 
-def test_killed_twice_ends_as_the_uninterrupted_run(env, reference, tmp_path):
-    """Killed inside the first checkpoint write, then after ``train/final``
-    before its marker; each rerun goes on from what was committed, and the last
-    one equals A bit for bit. (Resuming from a mid-run checkpoint:
-    :func:`test_replicates_resume_and_keep_their_seeds`.)"""
+def test_killed_three_times_ends_as_the_uninterrupted_run(env, reference, tmp_path):
+    """Killed inside the first checkpoint write, after a later checkpoint, and
+    after ``train/final`` before its marker; each rerun goes on from what was
+    committed (both replicates from the same step), and the last one equals A bit
+    for bit."""
     run, _ = env
     d = tmp_path / "run"
     # 1. inside the write of step 10: orbax wrote it, its manifest never came
-    assert_killed(run(d, kill_in="train/checkpoints/step_"))
+    assert_killed(run(d, *REPLICATES, kill_in="train/checkpoints/step_"))
     assert items(d) == ["init", "mask"]
     assert (d / "train" / "checkpoints" / "step_00000010").is_dir()  # the partial item
-    # 2. the partial item is never loaded: from step 0 again, killed once
-    # train/final is committed, before metrics.json
-    p = run(d, kill_after="train/final")
+    # 2. the partial item is never loaded: from step 0 again, killed after step 20
+    p = run(d, *REPLICATES, kill_after="train/checkpoints/step_00000020")
     assert_killed(p)
     assert decisions(p) == ["train: training from step 0"]
     assert took_over_a_dead_lock(p)  # the killed run's lock
-    assert "train/checkpoints/step_00000030" in items(d)
+    assert "train/checkpoints/step_00000020" in items(d)
+    # 3. from step 20, killed once train/final is committed, before metrics.json
+    p = run(d, *REPLICATES, kill_after="train/final")
+    assert_killed(p)
+    assert decisions(p) == ["train: training from step 20"]
     assert not (d / "train" / "metrics.json").exists() and not (d / "results.json").exists()
-    # 3. nothing trains: the stored final's curve completes the unit
-    p = run(d)
+    # 4. nothing trains: the stored final's curve completes the unit
+    p = run(d, *REPLICATES)
     assert_ok(p)
     assert decisions(p) == ["train: completed from its stored final"]
     assert_same_run(reference, d)
@@ -103,36 +109,30 @@ def test_killed_twice_ends_as_the_uninterrupted_run(env, reference, tmp_path):
 
 
 def test_a_finished_run_trains_nothing(env, reference, tmp_path, capsys):
-    """Rerun on a copy of A (in this process: nothing to train, nothing to compile)."""
+    """Rerun on a copy of A (in this process: nothing to train, nothing to compile);
+    its table shows each accuracy as the mean ± std of the two replicates, by hand
+    (a+b)/2 ± |a-b|/2."""
     from lotto_jax.runs import cli
 
     _, spec = env
     d = tmp_path / "run"
     shutil.copytree(reference, d)
-    assert cli.main(["train", "--dataset", spec, *ARGS, "--out", str(d)]) == 0
+    assert cli.main(["train", "--dataset", spec, *ARGS, *REPLICATES, "--out", str(d)]) == 0
     out, err = capsys.readouterr()
     assert [line for line in err.splitlines() if line.startswith("lotto: ")] == [
         "lotto: train: finished, kept"]
     assert_same_run(reference, d)
-    result = json.loads((d / "results.json").read_text())
-    assert f"{100 * result['final_test_accuracy']:.2f}%" in out  # the table
+    a, b = (100 * v for v in json.loads((d / "results.json").read_text())[
+        "final_test_accuracy"])
+    assert f"{(a + b) / 2:.2f} ± {abs(a - b) / 2:.2f}%" in out  # the table
 
 
-def test_replicates_resume_and_keep_their_seeds(env, tmp_path):
-    """``--replicates 2`` killed after its step-20 checkpoint: the rerun equals the
-    uninterrupted run. Replicate i starts from ``models.init(mlp, key(seed + i))``."""
-    run, _ = env
-    ref, d = tmp_path / "ref", tmp_path / "run"
-    assert_ok(run(ref, "--replicates", "2"))
-    assert_killed(run(d, "--replicates", "2",
-                      kill_after="train/checkpoints/step_00000020"))
-    p = run(d, "--replicates", "2")
-    assert_ok(p)
-    assert decisions(p) == ["train: training from step 20"]
-    assert_same_run(ref, d)
-    result = json.loads((ref / "results.json").read_text())
+def test_replicates_keep_their_seeds(reference):
+    """Replicate i of A starts from ``models.init(mlp, key(seed + i))``; the results
+    hold one accuracy per replicate."""
+    result = json.loads((reference / "results.json").read_text())
     assert result["replicates"] == 2 and len(result["final_test_accuracy"]) == 2
-    theta0 = restore(ref / "init")["params"]
+    theta0 = restore(reference / "init")["params"]
     for i in range(2):
         mine = models.init(models.build("mlp"), jax.random.key(i), (40,))["params"]
         for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theta0), strict=True):
@@ -143,13 +143,14 @@ _ONE_EXAMPLE = 1 / 256 + 1e-9  # a float32 near-tie of two logits may rank other
 
 
 def test_train_under_an_imp_mask(env, reference, tmp_path):
-    """``lotto train --mask`` with the mask IMP's next round would prune from A's
-    trained weights (half of each kernel). Truths: the stored mask is that mask;
-    pruned weights are exactly 0, kept ones moved from θ0; the density by
-    counting; the recorded accuracies by a numpy forward pass of the restored
-    weights."""
+    """``lotto train --mask`` (one network) with the mask IMP's next round would
+    prune from the trained weights of A's replicate 0 (half of each kernel).
+    Truths: the stored mask is that mask; pruned weights are exactly 0, kept ones
+    moved from θ0; the density by counting; the recorded accuracies by a numpy
+    forward pass of the restored weights."""
     run, spec = env
     final = restore(reference / "train" / "final")["params"]
+    final = jax.tree.map(lambda a: np.asarray(a)[0], final)  # replicate 0
     mask, _ = imp.next_mask(final, masks.init(final), fraction=0.5)
     mask = jax.tree.map(np.asarray, mask)
     path = tmp_path / "mask"
