@@ -160,8 +160,11 @@ def test_unknown_control(shared, tmp_path, here):
     ("supermask", "--keep", "2"),
     ("dst", "--density", "1.5"),
 ])
-def test_out_of_range_fraction_density_keep(shared, tmp_path, command, flag, value):
-    r = lotto(shared, command, flag, value, "--out", tmp_path / "out")
+def test_out_of_range_fraction_density_keep(shared, tmp_path, here, command, flag, value):
+    """A config's refusal of a value, each command's: through the installed entry
+    point for imp and dst, by ``main`` here for pai and supermask."""
+    args = (command, flag, value, "--out", tmp_path / "out")
+    r = lotto(shared, *args) if command in ("imp", "dst") else here(*args)
     assert_one_line_error(r, flag, "expected")
 
 
@@ -263,8 +266,8 @@ def test_missing_mask_directory(shared, tmp_path, here):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_run_directory_for_report(shared, tmp_path):
-    r = lotto(shared, "report", tmp_path / "no_run")
+def test_missing_run_directory_for_report(shared, tmp_path, here):
+    r = here("report", tmp_path / "no_run")
     assert_one_line_error(r, tmp_path / "no_run", "no such run directory")
 
 

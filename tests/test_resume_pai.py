@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 
 import jax
 import numpy as np
@@ -36,7 +35,6 @@ from _killrun import (
 from _numpy_ref import mlp_accuracy
 
 from lotto_jax import data, models
-from lotto_jax.runs.store import RunStore
 
 ARGS = ["--model", "mlp", "--method", "snip", "--density", "0.2", "--sample-per-class", "2",
         "--steps", "40", "--eval-every", "10", "--batch-size", "32", "--validation", "64",
@@ -187,13 +185,4 @@ def test_stored_weights_are_models_init_and_give_the_recorded_accuracy(env, refe
     assert results["variants"]["snip"]["final_test_accuracy"] > 0.3  # it learned
 
 
-def test_a_second_writer_is_refused(env, tmp_path):
-    run, _ = env
-    d = tmp_path / "locked"
-    with RunStore.open(str(d)):  # this process writes the directory
-        r = run(d)
-    assert r.returncode == 2, r.stderr[-3000:]
-    (line,) = r.stderr.splitlines()
-    assert line.startswith("lotto: error: ") and "Traceback" not in r.stderr
-    assert f"pid {os.getpid()}" in line and f"host {socket.gethostname()}" in line
-    assert not os.path.exists(d / "config.json")
+# A second writer refused (lotto imp, its lock live): tests/test_run_layer.py.

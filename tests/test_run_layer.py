@@ -138,12 +138,16 @@ def test_lock_is_taken_released_and_reentrant(tmp_path, capsys):
 
 
 def test_a_live_holder_is_refused_through_lotto_imp(shared, tmp_path):
+    """The second writer writes nothing (no config.json) and leaves the holder's
+    lock to it."""
     d = tmp_path / "run"
     with RunStore.open(str(d)):  # this process writes the directory
         r = lotto(shared, *imp_args(shared, d))
+        assert json.loads((d / ".lock").read_text())["pid"] == os.getpid()
     line = assert_one_line_error(r, d, f"pid {os.getpid()}", f"host {socket.gethostname()}",
                                  "another process is writing")
     assert "lock file" in line and not (d / ".lock").exists()
+    assert not (d / "config.json").exists()
 
 
 def test_another_hosts_lock_is_refused_through_lotto_imp(shared, tmp_path):
