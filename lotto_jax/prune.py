@@ -95,20 +95,37 @@ def _top_mask(scores: jax.Array, valid: jax.Array | None, k, *, prefer: str) -> 
     if there are fewer), ties at the threshold broken by position: ``prefer="first"``
     keeps the lower positions, ``"last"`` the higher ones.
 
-    An O(32 n) selection instead of a sort (XLA's CPU sort of 250k entries takes
-    ~80 ms, this ~2-4 ms): the k-th largest key is built bit by bit, from the most
-    significant, as the largest ``t`` with ``count(key >= t) >= k``.
+    An O(32 n) selection instead of a sort (XLA's CPU sort of 235k entries takes
+    ~65 ms, this ~1.3 ms): the k-th largest key is built bit by bit, from the most
+    significant, as the largest ``t`` with ``count(key >= t) >= k``, stopping once
+    exactly ``k`` keys are ``>= t`` (after ~20 of the 32 bits on distinct scores).
     """
-    u = _sort_keys(scores)
-    valid = jnp.ones(u.shape, bool) if valid is None else valid
+    # an invalid entry's key is 0, which no real score has (the smallest, -NaN, is
+    # canonicalised above) and no candidate below reaches (each has a bit set)
+    u = _sort_keys(scores) if valid is None else jnp.where(valid, _sort_keys(scores), 0)
     k = jnp.asarray(k, jnp.int32)
+    # float32 sums of 0/1 are exact below 2^24 and ~1.4x faster than int32 on XLA:CPU
+    acc = jnp.float32 if u.size < (1 << 24) else jnp.int32
 
-    def step(i, t):
+    def count(t):
+        return jnp.sum(u >= t, dtype=acc).astype(jnp.int32)
+
+    def go_on(c):
+        i, _, n_t = c
+        return (i < 32) & (n_t != k)
+
+    def step(c):
+        i, t, n_t = c
         candidate = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        enough = jnp.sum(valid & (u >= candidate), dtype=jnp.int32) >= k
-        return jnp.where(enough, candidate, t)
+        n_c = count(candidate)
+        enough = n_c >= k
+        return i + 1, jnp.where(enough, candidate, t), jnp.where(enough, n_c, n_t)
 
-    t = jax.lax.fori_loop(0, 32, step, jnp.uint32(0))
+    # the largest t with count(key >= t) >= k, bit by bit from the top (t = 0 counts
+    # the valid keys); it stops early once exactly k keys are >= t (t then lies
+    # between the k-th and (k+1)-th key: no tie to split)
+    _, t, _ = jax.lax.while_loop(go_on, step, (jnp.int32(0), jnp.uint32(0), count(1)))
+    valid = u > 0
     above, ties = valid & (u > t), valid & (u == t)
     need = k - jnp.sum(above, dtype=jnp.int32)
 
