@@ -82,6 +82,8 @@ EXPECTED_COUNTS = {
     "resnet20": resnet20_count(projection=True),
     "mnist1d_mlp": dense(40, 500) + dense(500, 500) + dense(500, 10),
     "mlp": dense(784, 100) + dense(100, 100) + dense(100, 10),
+    # input, 8 blocks of (LayerNorm, fc1, fc2), the final LayerNorm, output
+    "resmlp": dense(40, 128) + 8 * (2 * 128 + 2 * dense(128, 128)) + 2 * 128 + dense(128, 10),
 }
 
 # ----------------------------------------------------------------------------------
@@ -181,6 +183,24 @@ def test_input_shapes():
     for name in ("conv2", "conv4", "conv6", "vgg11", "vgg16", "resnet20"):
         assert models.input_shape(name) == (32, 32, 3)
     assert models.input_shape("mnist1d_mlp") == (40,)
+    assert models.input_shape("resmlp") == (40,)
+
+
+def test_resmlp_zero_block_is_the_identity():
+    """A ResMLP block whose params are all 0 adds exactly 0: the network equals the
+    one with that block deleted (blocks renumbered)."""
+    model = models.build("resmlp", blocks=3, width=8, hidden=6)
+    params = models.init(model, jax.random.key(0), (5,))["params"]
+    x = jax.random.normal(jax.random.key(1), (4, 5))
+    zeroed = {**params, "block_1": jax.tree.map(jnp.zeros_like, params["block_1"])}
+    short = models.build("resmlp", blocks=2, width=8, hidden=6)
+    deleted = {k: v for k, v in params.items() if k != "block_1"}
+    deleted["block_1"] = deleted.pop("block_2")
+    np.testing.assert_array_equal(
+        np.asarray(model.apply({"params": zeroed}, x)),
+        np.asarray(short.apply({"params": deleted}, x)),
+    )
+    assert not np.allclose(model.apply({"params": params}, x), short.apply({"params": deleted}, x))
 
 
 # ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from lotto_jax.models._registry import (
     init,
     input_shape,
 )
+from lotto_jax.models._resmlp import ResMLP
 from lotto_jax.models._resnet import BasicBlock, CifarResNet
 from lotto_jax.models._vgg import VGG, VGG_PLANS
 
@@ -41,6 +42,7 @@ __all__ = [
     "LeNet5",
     "LeNet300",
     "LeNet300NNX",
+    "ResMLP",
     "build",
     "count_params",
     "glorot_normal",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from lotto_jax._types import Params, PRNGKey
 from lotto_jax.models._conv import CONV_PLANS, ConvNet, LeNet5
 from lotto_jax.models._mlp import MLP, MNIST1DMLP, LeNet300
+from lotto_jax.models._resmlp import ResMLP
 from lotto_jax.models._resnet import CifarResNet
 from lotto_jax.models._vgg import VGG, VGG_PLANS
 
@@ -43,6 +44,7 @@ _MODELS: dict[str, _Entry] = {
     "resnet20": _Entry(functools.partial(CifarResNet, depth=20), _CIFAR),
     "mnist1d_mlp": _Entry(MNIST1DMLP, (40,)),
     "mlp": _Entry(MLP, _MNIST),
+    "resmlp": _Entry(ResMLP, (40,)),
 }
 
 NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -67,10 +69,11 @@ def build(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
 
     Args:
         name: one of :data:`NAMES`: ``lenet300``, ``lenet5``, ``conv2``, ``conv4``,
-            ``conv6``, ``vgg11``, ``vgg16``, ``resnet20``, ``mnist1d_mlp``, ``mlp``.
+            ``conv6``, ``vgg11``, ``vgg16``, ``resnet20``, ``mnist1d_mlp``, ``mlp``, ``resmlp``.
         num_classes: width of the ``output`` layer.
         **kwargs: fields of the model class, e.g. ``features=(100, 100)`` for
             ``mlp``, ``hidden=``/``residual=`` for ``mnist1d_mlp``,
+            ``blocks=``/``width=``/``hidden=`` for ``resmlp``,
             ``kernel_init=``, ``bn_scale_init=`` (vgg, resnet20),
             ``shortcut="zero_pad"`` (resnet20).
 
@@ -102,7 +105,7 @@ def input_shape(name: str) -> tuple[int, ...]:
     """The default per-example input shape of model ``name`` (no batch axis).
 
     ``(28, 28, 1)`` for ``lenet300``, ``lenet5`` and ``mlp``; ``(32, 32, 3)`` for
-    ``conv2/4/6``, ``vgg11/16`` and ``resnet20``; ``(40,)`` for ``mnist1d_mlp``.
+    ``conv2/4/6``, ``vgg11/16`` and ``resnet20``; ``(40,)`` for ``mnist1d_mlp`` and ``resmlp``.
 
     Args:
         name: one of :data:`NAMES`.
