@@ -4,13 +4,15 @@ Masks are pytrees shaped like the params; pure functions create, apply, score, p
 and combine them, and train steps take the mask as an ordinary traced argument.
 
 Two layers. The algorithms (``lotto_jax.masks``, ``scores``, ``prune``, ``sparse``,
-``train``, ``imp``, ``pai``, ``supermask``, ``dst``, ``data``, ``models``, ``sharding``) are
+``train``, ``imp``, ``pai``, ``supermask``, ``dst``, ``analysis``, ``data``, ``models``,
+``sharding``) are
 pure JAX: no files, no printing. The run layer ``lotto_jax.runs`` holds the store,
 the engine, one driver per ``lotto`` command, recipes, reports and the CLI; it
 imports the algorithms, never the other way round.
 """
 
 from lotto_jax import (
+    analysis,
     data,
     dst,
     imp,
@@ -37,6 +39,7 @@ __all__ = [
     "Params",
     "Prunable",
     "Scores",
+    "analysis",
     "data",
     "dst",
     "imp",
