@@ -39,6 +39,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "report": ("lotto_jax.runs.report", "ReportConfig", "main"),
     "recipes": ("lotto_jax.runs.recipes", "RecipesConfig", "main"),
     "ls": ("lotto_jax.runs.ls", "LsConfig", "main"),
+    "stability": ("lotto_jax.runs.stability", "StabilityConfig", "main"),
+    "compare": ("lotto_jax.runs.compare", "CompareConfig", "main"),
+    "earlybird": ("lotto_jax.runs.earlybird", "EarlyBirdConfig", "main"),
 }
 
 

@@ -184,10 +184,16 @@ class Engine:
       log: receives one line per decision (a unit kept, completed or trained from a
         step); default: stderr, prefixed ``lotto:``. Tests read it as evidence that
         finished work was reused.
+      on_eval: ``on_eval(state, record)``, called at every evaluation of a training
+        stack before its checkpoint (e.g. to record the mask magnitude pruning would
+        give: :mod:`lotto_jax.runs.earlybird`); its writes go through the store
+        before the checkpoint's, so a resume finds them.
     """
 
     def __init__(self, trainer, dataset, data_key, store=None, *, stacked=False, mesh=None,
-                 save_every=None, save_interval=60.0, progress=None, clock=None, log=None):
+                 save_every=None, save_interval=60.0, progress=None, clock=None, log=None,
+                 on_eval=None):
+        self.on_eval = on_eval
         self.log = log or (lambda line: print(f"lotto: {line}", file=sys.stderr, flush=True))
         self.trainer, self.dataset, self.data_key = trainer, dataset, data_key
         self.clock = clock or Clock()
@@ -400,6 +406,8 @@ class Engine:
             for curve, r in zip(curves, [rec] if plain else _split_record(rec, parts),
                                 strict=True):
                 curve.append(r)
+            if self.on_eval is not None:
+                self.on_eval(st, rec)
             step = int(rec.step)
             if self.store is None or not 0 < step < steps or not self._due(step, last):
                 return

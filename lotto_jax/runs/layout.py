@@ -64,6 +64,7 @@ _UNIT = {
     "supermask": re.compile(r"search"),
     "train": re.compile(r"train"),
     "dst": re.compile(r"dst"),
+    "stability": re.compile(r"pairs/[^/]+"),
 }
 _MARKS = ("config.json", "results.json", "result.json")
 
@@ -154,6 +155,10 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
       '?'
     """
     c = config if isinstance(config, Mapping) else {}
+    if "rewind_steps" in c and "pair_seeds" in c:  # lotto stability (pairs/NAME units)
+        return "stability"
+    if "epsilon" in c and "keep" in c and "density" in c:  # lotto earlybird
+        return "earlybird"
     if ("rounds" in c and "rewind" in c) or os.path.exists(
             os.path.join(directory, "driver.json")):
         return "imp"
@@ -264,6 +269,9 @@ def unit_dirs(directory: str, kind: str) -> list[str]:
     if kind in ("supermask", "train", "dst"):
         name = "search" if kind == "supermask" else kind
         return [name] if _isdir(directory, name) else []
+    if kind == "stability":
+        return [f"pairs/{n}" for n in _listdir(directory, "pairs")
+                if _isdir(directory, "pairs", n)]
     return []
 
 
@@ -349,7 +357,7 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind in ("pai", "supermask", "train", "dst"):
+    if kind in ("pai", "supermask", "train", "dst", "stability"):
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):

@@ -330,6 +330,14 @@ def main(config: ReportConfig) -> Report | Any:
         raise FileNotFoundError(
             f"{d}: no such run directory" + (" (it is a file)" if os.path.exists(d) else ""))
     kind = layout.run_kind(d)
+    if kind == "stability" and layout.is_run(d):
+        from lotto_jax.runs import stability_report
+
+        return stability_report.main(d, figures_dir=config.figures)
+    if kind == "earlybird" and layout.is_run(d):
+        from lotto_jax.runs import earlybird
+
+        return earlybird.report(d, figures_dir=config.figures)
     if kind in ("pai", "supermask", "train", "dst") and layout.is_run(d):
         return report_kinds.main(d, figures_dir=config.figures)
     if kind != "imp" and (layout.find_runs(d) or not layout.is_run(d)):

@@ -1,0 +1,70 @@
+"""``lotto earlybird`` on the tiny 40-feature problem: the draw step against the rule
+applied by hand (numpy Hamming distances over the stored masks), the masks'
+density counted, the ticket trained from the drawn weights, a rerun that trains
+nothing, and the refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from test_cli_errors import TINY, assert_one_line_error, here, shared
+
+__all__ = ["here", "shared"]  # the fixtures, imported
+
+EB = ["--model", "mlp", "--steps", "60", "--eval-every", "5", "--batch-size", "32"]
+
+
+def _kernels(tree):
+    return np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tree)
+                           if np.ndim(x) >= 2])
+
+
+def test_earlybird_draws_by_the_rule_and_trains_the_ticket(shared, here, tmp_path):
+    d = tmp_path / "eb"
+    args = ["earlybird", *EB, "--dataset", f"npz:{shared / 'tiny.npz'}", "--density", "0.3",
+            "--epsilon", "0.05", "--save-every", "20", "--out", d]
+    r = here(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.load(open(d / "results.json"))
+    ckpt = ocp.StandardCheckpointer()
+    steps = list(range(0, 61, 5))
+    stored = [_kernels(ckpt.restore(os.path.abspath(d / "eb" / "masks" / f"step_{n:08d}")))
+              for n in steps]
+    for m in stored:  # global magnitude masks at exactly 30 % of the kernels
+        assert m.sum() == round(0.3 * m.size)
+    # the rule by hand: the newest mask against each of the 4 before it, all <= eps
+    fired = [i for i in range(4, len(steps))
+             if all(np.mean(stored[i] != stored[j]) <= 0.05 for j in range(i - 4, i))]
+    assert fired, [np.mean(stored[i] != stored[i - 1]) for i in range(1, len(steps))]
+    assert res["draw_step"] == steps[fired[0]]
+    assert res["total_steps"] == res["draw_step"] + 60
+    draw = ckpt.restore(os.path.abspath(d / "eb" / "draw_mask"))
+    np.testing.assert_array_equal(_kernels(draw), stored[fired[0]])
+    assert abs(res["ticket_density"] - 0.3) < 1e-3
+    final = ckpt.restore(os.path.abspath(d / "ticket" / "final"))
+    for w, m in zip(jax.tree.leaves(final["params"]), jax.tree.leaves(draw), strict=True):
+        assert np.all(np.asarray(w)[~np.asarray(m)] == 0)
+    # the distance curve: the rule's distances for every evaluation after the first
+    assert [p["step"] for p in res["distances"]] == steps
+    assert os.path.exists(d / "figures" / "distance.png")
+    # a finished run trains nothing
+    r = here(*args)
+    assert r.returncode == 0
+    assert [line for line in r.stderr.splitlines() if "finished, kept" in line] == [
+        "lotto: dense: finished, kept", "lotto: ticket: finished, kept"]
+    r = here("report", d, "--figures", tmp_path / "fig")
+    assert r.returncode == 0 and "draw step" in r.stdout
+
+
+def test_earlybird_refusals(shared, here, tmp_path):
+    base = ["earlybird", *TINY, "--dataset", f"npz:{shared / 'tiny.npz'}", "--out",
+            tmp_path / "x"]
+    for eps in ("0", "1", "1.5"):
+        assert_one_line_error(here(*base, "--epsilon", eps), "--epsilon", "(0, 1)")
+    assert_one_line_error(here(*base, "--density", "1.0"), "--density")
+    assert_one_line_error(here(*base, "--keep", "1"), "--keep")
+    assert not (tmp_path / "x").exists()
