@@ -12,9 +12,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from _killrun import assert_killed, assert_ok, engine_lines, lotto
-from test_cli_errors import TINY, assert_one_line_error, here, shared
+from test_cli_errors import TINY, assert_one_line_error, finished_imp, here, shared
 
-__all__ = ["here", "shared"]  # the fixtures, imported
+__all__ = ["finished_imp", "here", "shared"]  # the fixtures, imported
 
 EB = ["--model", "mlp", "--steps", "60", "--eval-every", "5", "--batch-size", "32"]
 
@@ -24,10 +24,12 @@ def _kernels(tree):
                            if np.ndim(x) >= 2])
 
 
-def test_earlybird_draws_by_the_rule_and_trains_the_ticket(shared, here, tmp_path):
+def test_earlybird_draws_by_the_rule_and_trains_the_ticket(shared, here, finished_imp,
+                                                           tmp_path):
     d = tmp_path / "eb"
+    imp_dir, _ = finished_imp  # 20 steps per round, rounds 0-2
     args = ["earlybird", *EB, "--dataset", f"npz:{shared / 'tiny.npz'}", "--density", "0.3",
-            "--epsilon", "0.024", "--save-every", "20", "--out", d]
+            "--epsilon", "0.024", "--save-every", "20", "--imp", imp_dir, "--out", d]
     # killed after the dense unit's checkpoint at step 20 (before the draw): the
     # resumed run rebuilds the FIFO from the stored masks
     cache = shared / "xla_cache"
@@ -63,6 +65,11 @@ def test_earlybird_draws_by_the_rule_and_trains_the_ticket(shared, here, tmp_pat
         want = [np.mean(stored[i] != stored[j]) for j in range(max(0, i - 4), i)]
         np.testing.assert_allclose(p["distances"], want, atol=1e-12)
     assert os.path.exists(d / "figures" / "distance.png")
+    # IMP beside it: its round closest to 30 %, and the steps of every round to it
+    dens = [json.load(open(os.path.join(imp_dir, f"round_{r:03d}", "metrics.json")))["density"]
+            for r in range(3)]
+    best = int(np.argmin([abs(x - 0.3) for x in dens]))
+    assert res["imp"]["round"] == best and res["imp"]["total_steps"] == 20 * (best + 1)
     # a finished run trains nothing
     r = here(*args)
     assert r.returncode == 0
@@ -79,4 +86,5 @@ def test_earlybird_refusals(shared, here, tmp_path):
         assert_one_line_error(here(*base, "--epsilon", eps), "--epsilon", "(0, 1)")
     assert_one_line_error(here(*base, "--density", "1.0"), "--density")
     assert_one_line_error(here(*base, "--keep", "1"), "--keep")
+    assert_one_line_error(here(*base, "--imp", tmp_path / "nowhere"), "--imp", "nowhere")
     assert not (tmp_path / "x").exists()

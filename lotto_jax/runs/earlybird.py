@@ -34,9 +34,11 @@ import dataclasses
 import os
 from typing import Any
 
+import numpy as np
+
 from lotto_jax.runs.common import STORE_FIELDS, RunConfig, RunOptions
 
-__all__ = ["MUTABLE_FIELDS", "EarlyBirdConfig", "figure", "main", "report"]
+__all__ = ["MUTABLE_FIELDS", "EarlyBirdConfig", "figure", "imp_at", "main", "report"]
 
 MUTABLE_FIELDS: tuple[str, ...] = (*STORE_FIELDS, "run.data_dir")
 
@@ -51,6 +53,9 @@ class EarlyBirdConfig(RunOptions):
       epsilon: the draw threshold ε on the normalised Hamming distance, in (0, 1).
       keep: the FIFO length (5 in the reference code).
       scope: the magnitude mask's ranking, ``global`` or ``layerwise``.
+      imp: an IMP run (``lotto imp``) to compare with: its finished round whose
+        density is closest to ``density``, its accuracy and the steps IMP trained
+        to reach it (every round up to it).
       out: the run directory (layout: module docs).
     """
 
@@ -59,6 +64,7 @@ class EarlyBirdConfig(RunOptions):
     epsilon: float = 0.1
     keep: int = 5
     scope: str = "global"
+    imp: str | None = None
     out: str = dataclasses.field(default="runs/earlybird", kw_only=True)
 
     def __post_init__(self):
@@ -81,7 +87,33 @@ def main(config: EarlyBirdConfig) -> dict[str, Any]:
     """
     from lotto_jax.runs import common
 
-    return common.run_in_store(config, MUTABLE_FIELDS, lambda store: _main(config, store))
+    imp = None if config.imp is None else imp_at(config.imp, config.density)
+    return common.run_in_store(config, MUTABLE_FIELDS,
+                               lambda store: _main(config, store, imp))
+
+
+def imp_at(directory: str, density: float) -> dict[str, Any]:
+    """The finished trunk round of the IMP run in ``directory`` whose density is
+    closest to ``density``: ``{"run", "round", "density", "final_test_accuracy",
+    "total_steps"}`` (``total_steps``: the steps every round up to it trained).
+
+    Raises:
+      ValueError: ``directory`` is not an IMP run or has no finished round.
+    """
+    from lotto_jax.runs import layout
+
+    if not os.path.isdir(directory) or layout.run_kind(directory) != "imp":
+        raise ValueError(f"imp: {directory} is not an IMP run directory")
+    view = layout.read(directory)
+    steps = layout.total_steps(view.config) or 0
+    rounds = [(int(p[6:]), u.metrics) for p, u in view.units.items()
+              if p.startswith("round_") and u.status == "done"]
+    if not rounds:
+        raise ValueError(f"imp: {directory} has no finished round")
+    r, m = min(rounds, key=lambda x: abs(x[1]["density"] - density))
+    total = sum(steps - int(q.get("start_step") or 0) for i, q in rounds if i <= r)
+    return {"run": os.path.abspath(directory), "round": r, "density": m["density"],
+            "final_test_accuracy": m["final_test_accuracy"], "total_steps": total}
 
 
 def _eval_steps(c) -> list[int]:
@@ -123,7 +155,7 @@ class _Recorder:
         self.cache[t] = m
 
 
-def _main(config: EarlyBirdConfig, store) -> dict[str, Any]:
+def _main(config: EarlyBirdConfig, store, imp) -> dict[str, Any]:
     import jax
 
     from lotto_jax import masks, prune, scores
@@ -183,7 +215,7 @@ def _main(config: EarlyBirdConfig, store) -> dict[str, Any]:
         else ticket.metrics["final_test_accuracy"],
         "ticket_density": None if ticket is None else ticket.metrics["density"],
         "total_steps": None if ticket is None else draw_step + t_steps,
-        "distances": curve,
+        "imp": imp, "distances": curve,
     }
     store.write_json("results.json", results)
     _print(results)
@@ -221,6 +253,11 @@ def _print(results: dict[str, Any]) -> None:
                  ("ticket final test accuracy",
                   f"{100 * results['ticket_final_test_accuracy']:.2f}%"),
                  ("total training steps", f"{results['total_steps']} (draw + retrain)")]
+    imp = results.get("imp")
+    if imp is not None:
+        rows.append((f"IMP round {imp['round']} ({100 * imp['density']:.2f}%)",
+                     f"{100 * float(np.mean(imp['final_test_accuracy'])):.2f}% after "
+                     f"{imp['total_steps']} steps"))
     width = max(len(k) for k, _ in rows)
     print(f"early-bird ticket of {results['model']} / {results['dataset']} at "
           f"{100 * results['density']:.3g}%")
