@@ -153,3 +153,15 @@ def test_compare_two_rounds_a_matrix_and_different_models(finished_imp, here, tm
     assert_one_line_error(here("compare", f"{imp_dir}@7", imp_dir, "--out", out),
                           "--round", "0, 1, 2")
     assert_one_line_error(here("compare", imp_dir, "--out", out), "runs")
+
+
+def test_pairs_reshuffle_a_fixed_order_run():
+    # a fixed data order (the MNIST-1D recipe) would train two identical copies
+    from lotto_jax.runs import stability
+
+    config = {"run": {"model": "mlp", "dataset": "mnist1d", "seed": 3,
+                      "train": {"shuffle": False, "steps": 7, "milestones": [2]}}}
+    assert not stability.imp_run_config(config).train.shuffle
+    pair = stability._pair_run_config(config)
+    assert pair.train.shuffle and pair.train.steps == 7 and pair.train.milestones == (2,)
+    assert pair.seed == 3 and pair.model == "mlp"

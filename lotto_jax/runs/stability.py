@@ -16,6 +16,11 @@ mask of round ``r`` is the run's, whatever ``k``: with a run rewound to K, testi
 ``k = 0`` tests that ticket from θ0 (Frankle et al. 2020 find each ticket with
 rewinding to its own ``k``). Replicated IMP runs: ``--replicate i`` picks one.
 
+**Data order.** The copies differ only in their data order, so they are always
+trained with reshuffled epochs (``shuffle``), also when the IMP run read its data in
+a fixed order (the MNIST-1D recipe): there the copies would otherwise be identical
+and every barrier 0. ``results.json`` records that as ``"shuffled": true``.
+
 **Engine.** Each (round, k) pair is one engine unit with two rows (the copies),
 and all pairs starting at the same ``k`` train in one vmapped fit
 (:mod:`lotto_jax.runs.engine`): checkpointed, resumed after a kill, never
@@ -193,6 +198,13 @@ def main(config: StabilityConfig) -> dict[str, Any]:
                                lambda store: _main(config, store, imp_config, rounds))
 
 
+def _pair_run_config(imp_config):
+    """The IMP run's config, reshuffling every epoch (module docs: data order)."""
+    run_config = imp_run_config(imp_config)
+    return dataclasses.replace(run_config,
+                               train=dataclasses.replace(run_config.train, shuffle=True))
+
+
 def _pick(tree, i: int | None):
     import jax
 
@@ -210,7 +222,7 @@ def _main(config: StabilityConfig, store, imp_config, rounds) -> dict[str, Any]:
     from lotto_jax.runs.store import RunStore
     from lotto_jax.runs.writer import Clock, WriteBehind
 
-    prep = common.prepare(imp_run_config(imp_config))
+    prep = common.prepare(_pair_run_config(imp_config))
     if prep.model_state:
         raise ValueError(
             f"run: model {prep.module.__class__.__name__} has "
@@ -276,7 +288,8 @@ def _main(config: StabilityConfig, store, imp_config, rounds) -> dict[str, Any]:
     results = {"run": os.path.abspath(config.run), "model": imp_config["run"].get("model"),
                "dataset": imp_config["run"].get("dataset"),
                "steps": prep.trainer.config.steps, "points": config.points,
-               "pair_seeds": list(config.pair_seeds), "pairs": entries}
+               "pair_seeds": list(config.pair_seeds),
+               "shuffled": not imp_run_config(imp_config).train.shuffle, "pairs": entries}
     store.write_json("results.json", results)
     stability_report.main(store.directory)
     return results
