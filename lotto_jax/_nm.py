@@ -1,0 +1,454 @@
+"""N:M sparsity: at most N kept weights in every M consecutive inputs of a kernel.
+
+A *group* is M consecutive weights along a kernel's input (reduction) axis, for one
+output unit (and one spatial position of a conv window): a flax ``Dense`` kernel
+``(in, out)`` is grouped along axis 0, a ``Conv`` kernel ``(h, w, in, out)`` (HWIO)
+along axis 2. NVIDIA's sparse tensor cores run 2:4 (Mishra et al. 2021). Other
+kernel ranks (a 1-D or 3-D conv, a ``DenseGeneral`` kernel) are refused with an
+error naming the leaf: their input axis is ambiguous; leave them out with
+``prunable``.
+
+Masks (any ``prunable`` leaf; the others are returned as they are):
+
+* :func:`nm_mask`: the ``n`` highest scores of each group among the kept weights.
+* :func:`by_fraction`: IMP's step under the N:M scope (never below ``n`` per group);
+  :func:`to_density`: one shot to ``n`` per group (density ``n / m``).
+* :func:`is_nm`: whether every group keeps at most ``n``.
+
+Training:
+
+* :func:`nm_rigl`: a DST updater (:mod:`lotto_jax.dst`) that keeps exactly ``n``
+  per group at every update, exchanging weights inside each group (RigL's drop by
+  |θ| and grow by |gradient|, Evci et al. 2020, restricted to N:M groups);
+  :func:`nm_exchange` is its pure mask move.
+* SR-STE (Zhou et al. 2021) for a custom train step: :func:`srste_mask` (the mask of
+  |θ| recomputed every step), :func:`srste_grad` (the gradient plus
+  ``decay * (1 - m) * θ``), :func:`srste_value_and_grad` (both, with the
+  straight-through gradient), and AST's linear ramp of the decay :func:`ast_decay`.
+
+Ties are broken by position, the lower position kept first (and grown first):
+among equal scores in a group, the weight with the lower input index wins. (This
+is the order of a stable descending sort; :mod:`lotto_jax.prune` removes the first
+position first.) Ranks are counted with an ``m x m`` comparison inside each group:
+exact, no sort, O(m) work per weight. Everything runs under ``jit`` and ``vmap``;
+``fraction`` and ``step`` may be traced, ``n`` and ``m`` are Python ints.
+
+References:
+  Zhou et al. 2021, "Learning N:M Fine-grained Structured Sparse Neural Networks
+  From Scratch", arXiv:2102.04010 (SR-STE);
+  Huang et al. 2024, "Pruning Large Language Models with Semi-Structural Adaptive
+  Sparse Training", arXiv:2407.20584 (AST);
+  Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks",
+  arXiv:2104.08378 (2:4 on NVIDIA Ampere).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from lotto_jax import masks, prune
+from lotto_jax._nm_groups import (
+    _check_nm,
+    _grouped,
+    _items,
+    exchange,
+    input_axis,
+    keep_fraction,
+    keep_n,
+    map_leaves,
+)
+from lotto_jax._types import Mask, Params, Prunable, Scores
+from lotto_jax.dst import (
+    Updater,
+    _check_every,
+    _check_step,
+    _every,
+    _init,
+    cosine_fraction,
+)
+
+__all__ = [
+    "ast_decay",
+    "by_fraction",
+    "input_axis",
+    "is_nm",
+    "nm_exchange",
+    "nm_mask",
+    "nm_rigl",
+    "srste_grad",
+    "srste_mask",
+    "srste_value_and_grad",
+    "to_density",
+]
+
+
+# ------------------------------------------------------------------ masks
+def nm_mask(scores: Scores, mask: Mask, *, n: int, m: int,
+            prunable: Prunable = masks.default_prunable) -> Mask:
+    """Keeps, in every group of ``m`` consecutive inputs, the ``n`` highest-scoring
+    weights among those ``mask`` keeps (all of them where it keeps fewer).
+
+    Args:
+      scores: a pytree like ``mask``, finite where the mask keeps a weight (higher
+        = more important; ``|θ|`` for magnitude N:M).
+      mask: the current mask; the result is a subset of it.
+      n: kept per group, ``1 <= n <= m``.
+      m: group size; it must divide every prunable kernel's input axis.
+      prunable: which leaves are grouped (rank-2 or rank-4 kernels only).
+
+    Returns:
+      The N:M mask (non-prunable leaves unchanged).
+
+    Raises:
+      ValueError: ``n`` or ``m`` not ints with ``1 <= n <= m``; a prunable leaf of
+        another rank or whose input axis ``m`` does not divide (naming the leaf
+        and its size); the checks of :func:`lotto_jax.prune.by_fraction` (tree
+        mismatch, non-finite kept scores).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = {"w": jnp.array([[4.0], [1.0], [3.0], [2.0], [5.0], [5.0], [5.0], [0.0]])}
+      >>> m = {"w": jnp.ones((8, 1), bool)}
+      >>> nm_mask(s, m, n=2, m=4)["w"].ravel().tolist()
+      [True, False, True, False, True, True, False, False]
+
+    References:
+      Zhou et al. 2021, arXiv:2102.04010; Mishra et al. 2021, arXiv:2104.08378.
+    """
+    items = _items(scores, mask, n, m, prunable)
+    return map_leaves(lambda s, k, axis: keep_n(s, k, axis=axis, m=m, n=n), [scores], mask,
+                      items)
+
+
+def to_density(scores: Scores, mask: Mask, density: float | None = None, *, n: int,
+               m: int, prunable: Prunable = masks.default_prunable) -> Mask:
+    """One-shot N:M pruning: :func:`nm_mask`. Each group keeps ``n`` of its ``m``
+    weights, so a prunable leaf's density is exactly ``n / m`` from a dense mask
+    (less where ``mask`` already keeps fewer than ``n`` of a group). The structure
+    fixes the density: ``density`` (for callers that pass one, as pruning at
+    initialisation does) must be ``None`` or ``n / m`` (to 1e-6).
+
+    Raises:
+      ValueError: as :func:`nm_mask`, and a ``density`` other than ``n / m``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = {"w": jnp.arange(16.0).reshape(8, 2)}
+      >>> int(to_density(s, {"w": jnp.ones((8, 2), bool)}, 0.25, n=1, m=4)["w"].sum())
+      4
+    """
+    _check_nm(n, m)
+    if density is not None and not math.isclose(float(density), n / m, abs_tol=1e-6):
+        raise ValueError(f"density: {n}:{m} sparsity keeps exactly n/m = {n / m:g} of every "
+                         f"prunable kernel; got {density!r} (pass {n / m:g} or none)")
+    return nm_mask(scores, mask, n=n, m=m, prunable=prunable)
+
+
+def by_fraction(scores: Scores, mask: Mask, fraction, *, n: int, m: int,
+                prunable: Prunable = masks.default_prunable) -> Mask:
+    """IMP's step under the N:M scope: in every group remove ``fraction`` of the
+    kept weights, the lowest-scoring first, never going below ``n`` per group.
+
+    A group keeping ``k > n`` weights removes ``r = max(1, round(fraction * k))``
+    (rounded half up as :func:`lotto_jax.prune.by_fraction`; at least one while
+    ``fraction > 0``, else small groups would stall: 0.2 of 2 rounds to 0), capped
+    so that ``n`` remain; a group with ``k <= n`` is left alone. Repeated rounds
+    therefore reach exactly ``n`` per group and stop there: at ``fraction=0.2``,
+    2:4 takes 2 rounds (4 -> 3 -> 2), 1:4 takes 3 (4 -> 3 -> 2 -> 1) and 4:8 takes
+    3 (8 -> 6 -> 5 -> 4); at 0.5, 2:4 takes 1.
+
+    Args:
+      scores: a pytree like ``mask``, finite where it keeps a weight.
+      mask: the current mask; the result is a subset of it.
+      fraction: share of each group's kept weights to remove, in [0, 1) (may be
+        traced: its count is then computed in float32).
+      n: the floor per group, ``1 <= n <= m``.
+      m: group size.
+      prunable: which leaves are grouped.
+
+    Returns:
+      The new mask.
+
+    Raises:
+      ValueError: as :func:`nm_mask`, and ``fraction`` outside [0, 1).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> s = {"w": jnp.array([[4.0], [1.0], [3.0], [2.0]])}
+      >>> first = by_fraction(s, {"w": jnp.ones((4, 1), bool)}, 0.2, n=2, m=4)
+      >>> first["w"].ravel().tolist()
+      [True, False, True, True]
+      >>> by_fraction(s, first, 0.2, n=2, m=4)["w"].ravel().tolist()
+      [True, False, True, False]
+
+    References:
+      Frankle & Carbin 2019, arXiv:1803.03635 (IMP); Zhou et al. 2021,
+      arXiv:2102.04010 (N:M).
+    """
+    prune._check_fraction("fraction", fraction, low_open=False, high_open=True, low=0, high=1)
+    items = _items(scores, mask, n, m, prunable)
+    exact = float(fraction) if prune._is_concrete(fraction) else None
+    frac = jnp.asarray(fraction, jnp.float32)
+    return map_leaves(lambda s, k, axis: keep_fraction(s, k, frac, axis=axis, m=m, n=n,
+                                                       exact=exact), [scores], mask, items)
+
+
+def is_nm(mask: Mask, *, n: int, m: int, prunable: Prunable = masks.default_prunable):
+    """Whether every group of ``m`` consecutive inputs of every prunable leaf keeps
+    at most ``n`` weights.
+
+    Returns:
+      A Python ``bool`` for a concrete mask (a traced bool under ``jit``).
+
+    Raises:
+      ValueError: as :func:`nm_mask` for ``n``, ``m`` and the leaves.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> k = {"w": jnp.array([[True], [True], [False], [False]])}
+      >>> is_nm(k, n=2, m=4), is_nm(k, n=1, m=4), is_nm(k, n=1, m=2)
+      (True, False, False)
+    """
+    _check_nm(n, m)
+    ok = jnp.array(True)
+    for path, k in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        if prunable(path, k):
+            if jnp.result_type(k) != jnp.bool_:
+                raise ValueError(f"mask{jax.tree_util.keystr(path)}: mask leaves must be "
+                                 f"boolean, got dtype {jnp.result_type(k)}")
+            grouped = _grouped(k, input_axis(path, k, m), m)[0]
+            ok &= jnp.all(jnp.sum(grouped, axis=-1) <= n)
+    return bool(ok) if prune._is_concrete(ok) else ok
+
+
+# -------------------------------------------------------------------- DST
+def nm_exchange(params: Params, mask: Mask, grow_scores: Scores, fraction, *, n: int,
+                m: int, prunable: Prunable = masks.default_prunable) -> Mask:
+    """Drop-and-grow inside every N:M group: afterwards each group keeps exactly
+    ``n`` weights.
+
+    Per group keeping ``k`` weights: ``d = round(fraction * min(k, n))`` (half up)
+    are dropped, the smallest ``|params|`` first (so a group keeping more than
+    ``n`` also drops its excess), then ``n - (min(k, n) - d)`` are grown, the
+    highest ``grow_scores`` first among the weights not kept after the drop (a
+    just-dropped weight may come back, as in RigL's code). Ties: the lower
+    position stays (and is grown) first.
+
+    Args:
+      params: the weights (their magnitudes rank the drop).
+      mask: the current mask.
+      grow_scores: a pytree like ``params`` (``|gradient|`` for RigL).
+      fraction: share of each group's ``n`` exchanged, in [0, 1] (may be traced).
+      n, m, prunable: as :func:`nm_mask`.
+
+    Returns:
+      The new mask, exactly ``n`` per group on every prunable leaf.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> p = {"w": jnp.array([[0.5], [-0.1], [0.0], [2.0]])}
+      >>> k = {"w": jnp.array([[True], [True], [False], [False]])}
+      >>> g = {"w": jnp.array([[0.0], [0.0], [3.0], [1.0]])}
+      >>> nm_exchange(p, k, g, 0.5, n=2, m=4)["w"].ravel().tolist()
+      [True, False, True, False]
+    """
+    if prune._is_concrete(fraction):
+        prune._check_fraction("fraction", fraction, low_open=False, high_open=False,
+                              low=0, high=1)
+    items = _items(params, mask, n, m, prunable)
+    if jax.tree.structure(grow_scores) != jax.tree.structure(mask) or any(
+            jnp.shape(g) != jnp.shape(k)
+            for g, k in zip(jax.tree.leaves(grow_scores), jax.tree.leaves(mask), strict=True)):
+        raise ValueError("grow_scores: expected a pytree with the params' leaves and shapes")
+
+    frac = jnp.asarray(fraction, jnp.float32)
+    return map_leaves(lambda p, g, k, axis: exchange(p, g, k, frac, axis=axis, m=m, n=n),
+                      [params, grow_scores], mask, items)
+
+
+def nm_rigl(n: int, m: int, *, end: int, drop_fraction: float = 0.3,
+            update_every: int = 100, prunable: Prunable = masks.default_prunable) -> Updater:
+    """RigL inside N:M groups: a :class:`lotto_jax.dst.Updater` whose mask keeps
+    exactly ``n`` of every ``m`` consecutive inputs at every step.
+
+    The initial mask is uniformly random N:M (``n`` of each group drawn with the
+    updater's key). Every ``update_every`` steps up to ``end`` (the trainer checks
+    ``end`` against the run), :func:`nm_exchange` swaps ``round(f * n)`` weights of
+    each group, ``f = cosine_fraction(step, initial=drop_fraction, end=end)``:
+    the smallest |θ| out, the largest |gradient| of the step's batch in (grown
+    weights start at 0 with zero moments, see :mod:`lotto_jax.dst`). With ``n = 2``
+    a group exchanges one weight while ``f >= 0.25`` and none after.
+
+    This is the trainer's form of SR-STE's refresh: the trainer keeps pruned
+    weights at exactly 0, so magnitudes alone (SR-STE) could never bring one back;
+    the gradient does, as in RigL. SR-STE proper (dense weights, mask recomputed
+    every step) is :func:`srste_value_and_grad`.
+
+    Args:
+      n, m: the N:M pattern; ``prunable`` leaves must be rank-2 or rank-4 kernels
+        whose input axis ``m`` divides.
+      end: last update step (>= 1).
+      drop_fraction: initial share of each group's ``n`` exchanged, in [0, 1].
+      update_every: steps between updates.
+      prunable: which leaves are N:M.
+
+    Returns:
+      The updater (name ``"nm_rigl"``).
+
+    Raises:
+      ValueError: a bad ``n``, ``m``, ``end``, ``drop_fraction`` or
+        ``update_every``; from ``init``, a leaf N:M cannot apply to.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> u = nm_rigl(2, 4, end=100, update_every=10)
+      >>> k = u.initial_mask({"w": jnp.ones((8, 3))}, jax.random.key(0))
+      >>> is_nm(k, n=2, m=4), int(k["w"].sum()), bool(u.fires(20))
+      (True, 12, True)
+
+    References:
+      Evci et al. 2020, "Rigging the Lottery", arXiv:1911.11134; Zhou et al. 2021,
+      arXiv:2102.04010.
+    """
+    _check_nm(n, m)
+    _check_step("end", end, low=1)
+    _check_every(update_every)
+    prune._check_fraction("drop_fraction", drop_fraction, low_open=False, high_open=False,
+                          low=0, high=1)
+
+    def init(params, key):
+        _items(params, masks.init(params, prunable), n, m, prunable)
+        return _init(params, key)
+
+    def initial_mask(params, key):
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(key, len(leaves))
+        noise = [jax.random.uniform(k, jnp.shape(x)) for k, x in zip(keys, leaves, strict=True)]
+        return nm_mask(jax.tree.unflatten(treedef, noise), masks.init(params, prunable),
+                       n=n, m=m, prunable=prunable)
+
+    def update(params, mask, grads, step, state):
+        f = cosine_fraction(step, initial=drop_fraction, end=end)
+        new = nm_exchange(params, mask, jax.tree.map(jnp.abs, grads), f, n=n, m=m,
+                          prunable=prunable)
+        return new, state._replace(count=state.count + 1)
+
+    return Updater(init=init, update=update, fires=_every(update_every, 0, end),
+                   initial_mask=initial_mask, name="nm_rigl", end=end, uses_grads=True)
+
+
+# ----------------------------------------------------------------- SR-STE
+def srste_mask(params: Params, *, n: int, m: int,
+               prunable: Prunable = masks.default_prunable) -> Mask:
+    """SR-STE's forward mask: the ``n`` largest ``|θ|`` of every group of the dense
+    weights, recomputed at every step (:func:`nm_mask` of ``|params|``)."""
+    return nm_mask(jax.tree.map(jnp.abs, params), masks.init(params, prunable), n=n, m=m,
+                   prunable=prunable)
+
+
+def srste_grad(grads: Params, params: Params, mask: Mask, *, decay) -> Params:
+    """SR-STE's gradient on the dense weights: ``grads + decay * (1 - mask) * params``.
+
+    ``grads`` is the straight-through gradient (the loss's gradient at the masked
+    weights, applied to the dense ones); the sparse-refined term pulls the pruned
+    weights towards 0 so the mask settles. On kept weights the result is
+    ``grads`` exactly.
+
+    Args:
+      grads: the gradient pytree.
+      params: the dense weights.
+      mask: the step's mask (:func:`srste_mask`).
+      decay: λ_W >= 0 (the paper: 2e-4; :func:`ast_decay` ramps it); may be traced.
+
+    Returns:
+      The refined gradient, dtypes of ``grads``.
+
+    Raises:
+      ValueError: trees that do not match, or a negative or non-finite ``decay``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> g = srste_grad({"w": jnp.array([1.0, 1.0])}, {"w": jnp.array([3.0, 5.0])},
+      ...                {"w": jnp.array([True, False])}, decay=0.1)
+      >>> g["w"].tolist()
+      [1.0, 1.5]
+
+    References:
+      Zhou et al. 2021, arXiv:2102.04010, section 4 (λ_W = 2e-4).
+    """
+    masks.validate(params, mask)
+    masks.validate(params, jax.tree.map(lambda g: jnp.zeros(jnp.shape(g), bool), grads),
+                   name="grads")
+    if prune._is_concrete(decay) and not (math.isfinite(float(decay)) and float(decay) >= 0):
+        raise ValueError(f"decay: expected a finite value >= 0, got {decay!r}")
+    return jax.tree.map(
+        lambda g, p, k: (g + decay * jnp.where(k, 0, p)).astype(jnp.result_type(g)),
+        grads, params, mask)
+
+
+def srste_value_and_grad(loss_fn: Callable, params: Params, *args, n: int, m: int, decay,
+                         prunable: Prunable = masks.default_prunable):
+    """One SR-STE gradient: ``(loss, grads, mask)`` for a custom train step.
+
+    ``mask = srste_mask(params)``; ``loss = loss_fn(params * mask, *args)``; the
+    straight-through gradient ``∂loss/∂(params * mask)`` (the dense gradient at
+    the sparse weights, pruned positions included) goes to the dense ``params``
+    through :func:`srste_grad`. Step the dense weights with any optax optimizer;
+    the sparse network is ``masks.apply(params, mask)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> p = {"w": jnp.array([[1.0], [-3.0], [0.5], [2.0]])}
+      >>> loss, g, k = srste_value_and_grad(lambda q: q["w"].sum(), p, n=2, m=4,
+      ...                                   decay=0.1)
+      >>> float(loss), [round(x, 4) for x in g["w"].ravel().tolist()]
+      (-1.0, [1.1, 1.0, 1.05, 1.0])
+      >>> k["w"].ravel().tolist()
+      [False, True, False, True]
+
+    References:
+      Zhou et al. 2021, arXiv:2102.04010.
+    """
+    mask = srste_mask(params, n=n, m=m, prunable=prunable)
+    loss, grads = jax.value_and_grad(loss_fn)(masks.apply(params, mask), *args)
+    return loss, srste_grad(grads, params, mask, decay=decay), mask
+
+
+def ast_decay(step, *, final: float, increase_steps: int):
+    """AST's annealed SR-STE decay: ``final * min(1, step / increase_steps)``.
+
+    A linear ramp from 0 so that early training explores masks freely (AST's code:
+    ``srste_decay`` 6e-5 over ``increase_step`` 10,000). Only the annealing is
+    here; what AST adds beyond it is not: its AdamW variant (the decay term kept
+    out of the first moment), Wanda scoring (needs activations), distillation from
+    the dense teacher (a second model in the step) and SLoRB (extra low-rank
+    parameters, a change to the model's architecture) -- they target LLM
+    fine-tuning and do not fit the library's small classifiers yet.
+
+    Args:
+      step: the step (int or traced).
+      final: the decay reached at ``increase_steps`` (>= 0).
+      increase_steps: length of the ramp (an int >= 1).
+
+    Returns:
+      The decay, float32.
+
+    Raises:
+      ValueError: a negative or non-finite ``final``, or a bad ``increase_steps``.
+
+    Examples:
+      >>> [float(ast_decay(s, final=2.0, increase_steps=4)) for s in (0, 1, 4, 9)]
+      [0.0, 0.5, 2.0, 2.0]
+
+    References:
+      Huang et al. 2024, arXiv:2407.20584, "Annealing SR-STE".
+    """
+    if not (math.isfinite(float(final)) and float(final) >= 0):
+        raise ValueError(f"final: expected a finite value >= 0, got {final!r}")
+    _check_step("increase_steps", increase_steps, low=1)
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.float32(final) * jnp.minimum(1.0, t / increase_steps)
