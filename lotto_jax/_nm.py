@@ -191,10 +191,14 @@ def by_fraction(scores: Scores, mask: Mask, fraction, *, n: int, m: int,
     """
     prune._check_fraction("fraction", fraction, low_open=False, high_open=True, low=0, high=1)
     items = _items(scores, mask, n, m, prunable)
-    exact = float(fraction) if prune._is_concrete(fraction) else None
-    frac = jnp.asarray(fraction, jnp.float32)
-    return map_leaves(lambda s, k, axis: keep_fraction(s, k, frac, axis=axis, m=m, n=n,
-                                                       exact=exact), [scores], mask, items)
+    # removed[c]: the count a group keeping c removes (at least 1 while fraction > 0)
+    if prune._is_concrete(fraction):
+        removed = jnp.asarray([prune._count(fraction, c) for c in range(m + 1)], jnp.int32)
+    else:
+        removed = prune._round_half_up(fraction * jnp.arange(m + 1, dtype=jnp.float32))
+    removed = jnp.where(jnp.asarray(fraction) > 0, jnp.maximum(removed, 1), removed)
+    return map_leaves(lambda s, k, axis: keep_fraction(s, k, removed, axis=axis, m=m, n=n),
+                      [scores], mask, items)
 
 
 def is_nm(mask: Mask, *, n: int, m: int, prunable: Prunable = masks.default_prunable):

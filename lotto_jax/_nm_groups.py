@@ -120,12 +120,11 @@ def _top(s, valid, t):
     return valid & (_rank(s, valid) < t)
 
 
-# Leaf kernels, jitted so that eager callers compile once per shape (op by op,
-# the uint32 count of prune._removed_count alone is ~60 dispatches per call).
-_STATIC = ("axis", "m", "n", "exact")
+# Leaf kernels, jitted so that eager callers compile once per shape and pattern.
+_STATIC = ("axis", "m", "n")
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC[:3])
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def keep_n(s, k, *, axis: int, m: int, n: int):
     """The mask leaf keeping the ``n`` best kept entries of every group."""
     g, shape = _grouped(s, axis, m)
@@ -133,18 +132,17 @@ def keep_n(s, k, *, axis: int, m: int, n: int):
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def keep_fraction(s, k, fraction, *, axis: int, m: int, n: int, exact: float | None):
-    """IMP's N:M step on one leaf (``exact``: the concrete fraction, whose counts
-    are then exact; ``None``: the traced ``fraction`` in float32)."""
+def keep_fraction(s, k, removed, *, axis: int, m: int, n: int):
+    """IMP's N:M step on one leaf: a group keeping ``c`` removes ``removed[c]``
+    (an ``(m + 1,)`` table), never going below ``n``."""
     g, shape = _grouped(s, axis, m)
     kept = _grouped(k, axis, m)[0]
     c = jnp.sum(kept, axis=-1, keepdims=True, dtype=jnp.int32)
-    r = prune._removed_count(fraction if exact is None else exact, c)
-    r = jnp.where(fraction > 0, jnp.maximum(r, 1), r)
-    return _ungrouped(_top(g, kept, jnp.maximum(c - r, jnp.minimum(c, n))), shape, axis)
+    keep = jnp.maximum(c - removed[c], jnp.minimum(c, n))
+    return _ungrouped(_top(g, kept, keep), shape, axis)
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC[:3])
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def exchange(p, grow, k, fraction, *, axis: int, m: int, n: int):
     """:func:`lotto_jax._nm.nm_exchange` on one leaf (``fraction`` in float32)."""
     absp, shape = _grouped(jnp.abs(p).astype(jnp.float32), axis, m)
