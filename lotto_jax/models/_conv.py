@@ -106,6 +106,9 @@ class LeNet5(nn.Module):
     Attributes:
         num_classes: output width, 10.
         kernel_init: Glorot normal (see :func:`glorot_normal`).
+        widths: the widths of ``Conv_0``, ``Conv_1``, ``Dense_0`` and ``Dense_1``;
+            ``None`` (the default) is ``(6, 16, 120, 84)``. A compacted network
+            (:func:`lotto_jax.export.compact`) has smaller ones.
 
     References:
         LeCun et al. 1998, "Gradient-based learning applied to document
@@ -114,21 +117,23 @@ class LeNet5(nn.Module):
 
     num_classes: int = 10
     kernel_init: nn.initializers.Initializer = glorot_normal()
+    widths: tuple[int, int, int, int] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         """Returns logits ``[batch, num_classes]`` for NHWC images; ``train`` unused."""
         del train
         init = self.kernel_init
+        c0, c1, d0, d1 = (6, 16, 120, 84) if self.widths is None else self.widths
         x = nn.relu(
-            nn.Conv(6, (5, 5), padding="SAME", kernel_init=init, name="Conv_0")(x)
+            nn.Conv(c0, (5, 5), padding="SAME", kernel_init=init, name="Conv_0")(x)
         )
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = nn.relu(
-            nn.Conv(16, (5, 5), padding="VALID", kernel_init=init, name="Conv_1")(x)
+            nn.Conv(c1, (5, 5), padding="VALID", kernel_init=init, name="Conv_1")(x)
         )
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(120, kernel_init=init, name="Dense_0")(x))
-        x = nn.relu(nn.Dense(84, kernel_init=init, name="Dense_1")(x))
+        x = nn.relu(nn.Dense(d0, kernel_init=init, name="Dense_0")(x))
+        x = nn.relu(nn.Dense(d1, kernel_init=init, name="Dense_1")(x))
         return nn.Dense(self.num_classes, kernel_init=init, name="output")(x)

@@ -30,6 +30,9 @@ class ResMLP(nn.Module):
         width: the residual stream's width (``input``'s outputs).
         hidden: each block's inner width (``fc1``'s outputs: the block's neurons).
         num_classes: output width, 10.
+        hiddens: per-block inner widths (``len(hiddens) == blocks``), overriding
+            ``hidden``; ``None`` (the default) gives every block ``hidden``. A
+            compacted network (:func:`lotto_jax.export.compact`) has one per block.
 
     Examples:
         >>> import jax, jax.numpy as jnp
@@ -50,6 +53,7 @@ class ResMLP(nn.Module):
     width: int = 128
     hidden: int = 128
     num_classes: int = 10
+    hiddens: tuple[int, ...] | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -57,10 +61,16 @@ class ResMLP(nn.Module):
         del train
         if self.blocks < 1:
             raise ValueError(f"ResMLP.blocks: expected >= 1, got {self.blocks}")
+        hiddens = (self.hidden,) * self.blocks if self.hiddens is None else tuple(self.hiddens)
+        if len(hiddens) != self.blocks:
+            raise ValueError(
+                f"ResMLP.hiddens: expected {self.blocks} widths (one per block), got "
+                f"{len(hiddens)}"
+            )
         x = x.reshape(x.shape[0], -1)
         h = self._dense(self.width, x.shape[-1], "input")(x)
         for i in range(self.blocks):
-            h = h + _Block(self.width, self.hidden, self.blocks, name=f"block_{i}")(h)
+            h = h + _Block(self.width, int(hiddens[i]), self.blocks, name=f"block_{i}")(h)
         h = nn.relu(nn.LayerNorm(name="norm")(h))
         return self._dense(self.num_classes, self.width, "output")(h)
 

@@ -42,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stability": ("lotto_jax.runs.stability", "StabilityConfig", "main"),
     "compare": ("lotto_jax.runs.compare", "CompareConfig", "main"),
     "earlybird": ("lotto_jax.runs.earlybird", "EarlyBirdConfig", "main"),
+    "export": ("lotto_jax.runs.export", "ExportConfig", "main"),
 }
 
 
