@@ -75,6 +75,8 @@ def test_earlybird_draws_by_the_rule_and_trains_the_ticket(shared, here, finishe
     assert r.returncode == 0
     assert [line for line in r.stderr.splitlines() if "finished, kept" in line] == [
         "lotto: dense: finished, kept", "lotto: ticket: finished, kept"]
+    r = here("ls", tmp_path)
+    assert r.returncode == 0 and "earlybird  done" in r.stdout, r.stdout + r.stderr
     r = here("report", d, "--figures", tmp_path / "fig")
     assert r.returncode == 0 and "draw step" in r.stdout
 

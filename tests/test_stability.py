@@ -79,6 +79,11 @@ def test_stability_end_to_end_killed_resumed_and_rerun(finished_imp, here, share
     assert [row[0] for row in rows] == ["0", "2"]
     assert rows[1][5] == f"{100 * res['pairs'][1]['test_barrier']:.2f}"
 
+    # lotto ls lists it (its config's "run" is a directory, not a RunConfig)
+    r = here("ls", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ["stab", "stability", "done", "units", "2/2"] == r.stdout.splitlines()[1].split()[:5]
+
     # a finished run trains nothing
     r = here(*args)
     assert r.returncode == 0, r.stderr

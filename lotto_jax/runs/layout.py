@@ -65,6 +65,7 @@ _UNIT = {
     "train": re.compile(r"train"),
     "dst": re.compile(r"dst"),
     "stability": re.compile(r"pairs/[^/]+"),
+    "earlybird": re.compile(r"dense|ticket"),
 }
 _MARKS = ("config.json", "results.json", "result.json")
 
@@ -224,7 +225,8 @@ def results_name(directory: str) -> str:
 
 def total_steps(config: Mapping[str, Any]) -> int | None:
     """``run.train.steps`` of a config (None when absent)."""
-    steps = ((config.get("run") or {}).get("train") or {}).get("steps")
+    run = config.get("run")  # a lotto stability config's "run" is a directory
+    steps = ((run if isinstance(run, Mapping) else {}).get("train") or {}).get("steps")
     return int(steps) if isinstance(steps, int | float) else None
 
 
@@ -272,6 +274,8 @@ def unit_dirs(directory: str, kind: str) -> list[str]:
     if kind == "stability":
         return [f"pairs/{n}" for n in _listdir(directory, "pairs")
                 if _isdir(directory, "pairs", n)]
+    if kind == "earlybird":
+        return [n for n in ("dense", "ticket") if _isdir(directory, n)]
     return []
 
 
@@ -357,7 +361,7 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind in ("pai", "supermask", "train", "dst", "stability"):
+    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird"):
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):

@@ -160,7 +160,9 @@ def _headline(view: layout.RunView) -> tuple[float | None, float | None]:
     reached at."""
     c, res = view.config, view.results or {}
     prefix = {"pai": f"variants/{c.get('method') or res.get('method')}",
-              "supermask": "search", "train": "train", "dst": "dst"}[view.kind]
+              "supermask": "search", "train": "train", "dst": "dst"}.get(view.kind)
+    if prefix is None:  # stability, earlybird: no one main unit
+        return None, None
     e = layout.entry(view, prefix)
     density = e.get("density")
     if density is None:

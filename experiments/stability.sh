@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Linear mode connectivity of the MNIST-1D MLP (lotto stability; Frankle, Dziugaite, Roy &
+# Carbin 2020): two copies of a network start from θk under a ticket's mask and train to
+# the end with different data orders; the test (train) error barrier along the straight
+# line between them measures their instability.
+#
+# 1. k = 0, the dense network (round 0) and the IMP ticket of round 10 (10.7 % of the
+#    weights) of the mnist1d_lottery pooled run (replicate 0, seed 0; run
+#    experiments/mnist1d_lottery.sh first: it stores θ0 and the masks).
+# 2. k = 100 and k = 500 for the dense network: an IMP run of round 0 only with
+#    --rewind step:K stores θK (the same θ0 and data order as replicate 0 above).
+# The recipe reads the data in a fixed order; the copies reshuffle every epoch
+# (lotto stability always does: else they would be identical).
+# 3. Mask overlap of the three groupings' round-10 tickets (lotto compare).
+# Usage: bash experiments/stability.sh [out dir]
+set -euo pipefail
+OUT=${1:-experiments/results}
+LOTTERY=$OUT/mnist1d_lottery
+lotto stability --run "$LOTTERY/pooled" --rewind-steps 0 --rounds 0 10 \
+  --out "$OUT/stability_mnist1d"
+for k in 100 500; do
+  lotto imp --recipe mnist1d-lottery --replicates 1 --rounds 0 --rewind "step:$k" \
+    --out "$OUT/stability_mnist1d_rewind/imp_k$k"
+  lotto stability --run "$OUT/stability_mnist1d_rewind/imp_k$k" --rewind-steps 0 "$k" \
+    --out "$OUT/stability_mnist1d_rewind/stability_k$k"
+done
+lotto compare "$LOTTERY/pooled@10" "$LOTTERY/per_leaf@10" "$LOTTERY/kernels_only@10" \
+  --out "$OUT/compare_mnist1d"
