@@ -154,6 +154,13 @@ def exchange(p, grow, k, fraction, *, axis: int, m: int, n: int):
     return _ungrouped(new, shape, axis)
 
 
+def keep_best(scores, mask, n: int, m: int, prunable):
+    """:func:`lotto_jax._nm.nm_mask` (checked)."""
+    items = _items(scores, mask, n, m, prunable)
+    return map_leaves(lambda s, k, axis: keep_n(s, k, axis=axis, m=m, n=n), [scores], mask,
+                      items)
+
+
 def map_leaves(fn, trees, mask, items):
     """The mask with ``fn(*leaves of trees, mask leaf, axis)`` on each item's leaf."""
     leaves, treedef = jax.tree.flatten(mask)

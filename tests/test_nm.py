@@ -306,6 +306,30 @@ def test_srste_value_and_grad_is_the_straight_through_gradient():
     np.testing.assert_allclose(grads["Dense_0"]["bias"], plain["Dense_0"]["bias"], rtol=1e-6)
 
 
+def test_srste_training_moves_the_mask_to_the_true_support():
+    """SR-STE in a custom step (plain SGD on least squares): the 2:4 mask starts on
+    the two large initial weights and ends on the target's two large weights,
+    which only the straight-through gradient on pruned weights can reach."""
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(64, 4)), jnp.float32)
+    y = x @ jnp.array([[0.1], [0.2], [3.0], [-2.0]])
+    params = {"w": jnp.array([[1.0], [0.9], [0.05], [0.01]])}
+
+    def loss_fn(q, x, y):
+        return jnp.mean((x @ q["w"] - y) ** 2)
+
+    def step(_, q):
+        _, g, _ = nm.srste_value_and_grad(loss_fn, q, x, y, n=2, m=4, decay=2e-4)
+        return jax.tree.map(lambda a, b: a - 0.05 * b, q, g)
+
+    assert nm.srste_mask(params, n=2, m=4)["w"].ravel().tolist() == [True, True, False, False]
+    final = jax.jit(lambda q: jax.lax.fori_loop(0, 300, step, q))(params)
+    k = nm.srste_mask(final, n=2, m=4)
+    assert k["w"].ravel().tolist() == [False, False, True, True]
+    loss = float(loss_fn(masks.apply(final, k), x, y))
+    assert loss < 0.2 * float(loss_fn(masks.apply(params, nm.srste_mask(params, n=2, m=4)), x, y))
+
+
 def test_ast_decay_is_the_linear_ramp():
     for step in (0, 1, 2500, 9999, 10000, 20000):
         want = 6e-5 * min(1.0, step / 10000)
