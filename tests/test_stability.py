@@ -170,3 +170,22 @@ def test_pairs_reshuffle_a_fixed_order_run():
     pair = stability._pair_run_config(config)
     assert pair.train.shuffle and pair.train.steps == 7 and pair.train.milestones == (2,)
     assert pair.seed == 3 and pair.model == "mlp"
+
+
+def test_batchnorm_models_are_refused(here, tmp_path):
+    # an IMP run's records as lotto imp writes them (nothing is restored before
+    # the refusal): resnet20's BatchNorm statistics cannot simply be interpolated
+    r = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", x_train=r.normal(size=(8, 8, 8, 3)).astype(np.float32),
+             y_train=r.integers(0, 10, 8), x_test=r.normal(size=(4, 8, 8, 3)).astype(np.float32),
+             y_test=r.integers(0, 10, 4))
+    imp = tmp_path / "imp"
+    (imp / "round_000").mkdir(parents=True)
+    (imp / "config.json").write_text(json.dumps({"rounds": 0, "rewind": "init", "run": {
+        "model": "resnet20", "dataset": f"npz:{tmp_path / 'img.npz'}",
+        "train": {"steps": 4, "batch_size": 4, "eval_every": 2}}}))
+    for item in ("init", "round_000/mask"):
+        (imp / f"{item}.manifest.json").write_text("{}")
+    line = assert_one_line_error(here("stability", "--run", imp, "--out", tmp_path / "s"),
+                                 "--run", "batch_stats")
+    assert "BatchNorm" in line

@@ -167,11 +167,32 @@ def _check(config: StabilityConfig) -> tuple[dict[str, Any], list[int]]:
         if r not in have:
             raise ValueError(f"rounds: round {r} does not exist in {d} (its rounds: "
                              f"{', '.join(map(str, have)) or 'none'})")
+    _check_stateless(str(imp_config["run"].get("model")))
     replicates = int((imp_config.get("run") or {}).get("replicates") or 1)
     if config.replicate >= replicates:
         raise ValueError(f"replicate: {config.replicate} is not below the run's "
                          f"{replicates} replicates")
     return imp_config, list(config.rounds) or have
+
+
+def _check_stateless(model: str) -> None:
+    """Refuses a model with collections besides ``params`` (BatchNorm statistics),
+    from its abstract variables (nothing is computed)."""
+    import jax
+
+    from lotto_jax import models
+
+    if model not in models.NAMES:
+        raise ValueError(f"run: the IMP run's model {model!r} is not one of {models.NAMES}")
+    module = models.build(model)
+    shapes = jax.eval_shape(lambda: models.init(module, jax.random.key(0),
+                                                models.input_shape(model)))
+    state = [k for k in shapes if k != "params"]
+    if state:
+        raise ValueError(
+            f"run: model {model} has {', '.join(state)} (BatchNorm statistics): "
+            "interpolating them needs the statistics recomputed at every α, which "
+            "lotto stability does not do")
 
 
 def pair_name(r: int, k: int) -> str:
@@ -223,11 +244,6 @@ def _main(config: StabilityConfig, store, imp_config, rounds) -> dict[str, Any]:
     from lotto_jax.runs.writer import Clock, WriteBehind
 
     prep = common.prepare(_pair_run_config(imp_config))
-    if prep.model_state:
-        raise ValueError(
-            f"run: model {prep.module.__class__.__name__} has "
-            f"{', '.join(prep.model_state)} (BatchNorm statistics): interpolating them "
-            "needs the statistics recomputed at every α, which lotto stability does not do")
     replicated = int((imp_config.get("run") or {}).get("replicates") or 1) > 1
     rep = config.replicate if replicated else None
     source = RunStore(config.run)
