@@ -12,6 +12,9 @@
 # The recipe reads the data in a fixed order; the copies reshuffle every epoch
 # (lotto stability always does: else they would be identical).
 # 3. Mask overlap of the three groupings' round-10 tickets (lotto compare).
+# 4. An early-bird ticket at the density of IMP's round 10 (lotto earlybird, the
+#    recipe's optimiser and fixed data order, kernels only, global magnitude masks at
+#    every 100 steps, ε = 0.1), beside the kernels-only IMP run's round 10.
 # Usage: bash experiments/stability.sh [out dir]
 set -euo pipefail
 OUT=${1:-experiments/results}
@@ -26,3 +29,6 @@ for k in 100 500; do
 done
 lotto compare "$LOTTERY/pooled@10" "$LOTTERY/per_leaf@10" "$LOTTERY/kernels_only@10" \
   --out "$OUT/compare_mnist1d"
+lotto earlybird --steps 1500 --batch-size 100 --optimizer adam --lr 2e-2 --no-shuffle \
+  --eval-every 100 --density 0.107 --epsilon 0.1 --imp "$LOTTERY/kernels_only" \
+  --out "$OUT/earlybird_mnist1d"
