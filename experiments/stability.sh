@@ -29,6 +29,8 @@ for k in 100 500; do
 done
 lotto compare "$LOTTERY/pooled@10" "$LOTTERY/per_leaf@10" "$LOTTERY/kernels_only@10" \
   --out "$OUT/compare_mnist1d"
+lotto compare "$LOTTERY/pooled@10#0" "$LOTTERY/pooled@10#1" "$LOTTERY/pooled@10#2" \
+  --out "$OUT/compare_mnist1d_seeds"     # the tickets of the three seeds
 lotto earlybird --steps 1500 --batch-size 100 --optimizer adam --lr 2e-2 --no-shuffle \
   --eval-every 100 --density 0.107 --epsilon 0.1 --imp "$LOTTERY/kernels_only" \
   --out "$OUT/earlybird_mnist1d"

@@ -158,6 +158,13 @@ def test_compare_two_rounds_a_matrix_and_different_models(finished_imp, here, tm
     assert_one_line_error(here("compare", f"{imp_dir}@7", imp_dir, "--out", out),
                           "--round", "0, 1, 2")
     assert_one_line_error(here("compare", imp_dir, "--out", out), "runs")
+    assert_one_line_error(here("compare", f"{imp_dir}@1#1", imp_dir, "--out", out),
+                          "--replicate", "1 replicates")
+    from lotto_jax.runs.compare import _spec
+
+    assert _spec("a/b@3#1", None, 0) == ("a/b", 3, 1, "#1")
+    assert _spec("a/b#2", 5, 0) == ("a/b", 5, 2, "#2")
+    assert _spec("a/b", None, 4) == ("a/b", None, 4, "")
 
 
 def test_pairs_reshuffle_a_fixed_order_run():

@@ -1,10 +1,11 @@
 """``lotto compare``: how much the masks of runs agree, layer by layer.
 
 Read-only on the runs. Each argument is a run directory, optionally ``DIR@R`` for
-round ``R`` of an IMP run (else ``--round``, else its last stored round). The mask
-compared is, per kind of run: IMP ``round_RRR/mask``; PaI the method's
+round ``R`` of an IMP run (else ``--round``, else its last stored round) and
+``#I`` for replicate ``I`` of a replicated run (else ``--replicate``):
+``DIR@10#2``. The mask compared is, per kind of run: IMP ``round_RRR/mask``; PaI the method's
 ``variants/METHOD/mask``; dst the last mask (``dst/final``); train its ``mask``.
-Replicated runs: ``--replicate i`` picks one replicate.
+Tickets of different seeds: ``lotto compare RUN@10#0 RUN@10#1 RUN@10#2``.
 
 * Two masks: one row per prunable layer (:func:`lotto_jax.analysis.overlap_table`):
   its size, the kept counts of A and B, the weights both keep, Jaccard
@@ -35,10 +36,11 @@ class CompareConfig:
     """Per-layer Jaccard / Hamming overlap of runs' masks: ``lotto compare A B [C ...]``.
 
     Attributes:
-      runs: run directories (positional), ``DIR@R`` for round R of an IMP run.
+      runs: run directories (positional), ``DIR@R`` for round R of an IMP run,
+        ``#I`` (``DIR@R#I``) for replicate I of a replicated run.
       round: the IMP round for runs given without ``@R`` (default: each IMP run's
         last stored round).
-      replicate: the replicate of replicated runs.
+      replicate: the replicate of replicated runs given without ``#I``.
       out: where ``compare.json`` and ``overlap.png`` go (the runs are only read).
     """
 
@@ -56,9 +58,13 @@ class CompareConfig:
             raise ValueError(f"replicate: expected an int >= 0, got {self.replicate}")
 
 
-def _spec(spec: str, default_round: int | None) -> tuple[str, int | None]:
-    m = re.fullmatch(r"(.+)@(\d+)", spec)
-    return (m.group(1), int(m.group(2))) if m else (spec, default_round)
+def _spec(spec: str, default_round: int | None, default_replicate: int
+          ) -> tuple[str, int | None, int, str]:
+    """``DIR[@R][#I]`` -> ``(DIR, round, replicate, suffix for the label)``."""
+    m = re.fullmatch(r"(.+?)(?:@(\d+))?(?:#(\d+))?", spec)
+    r = default_round if m.group(2) is None else int(m.group(2))
+    i = default_replicate if m.group(3) is None else int(m.group(3))
+    return m.group(1), r, i, "" if m.group(3) is None else f"#{i}"
 
 
 def load_mask(spec: str, *, round: int | None = None, replicate: int = 0
@@ -74,7 +80,7 @@ def load_mask(spec: str, *, round: int | None = None, replicate: int = 0
     from lotto_jax.runs import layout
     from lotto_jax.runs.store import RunStore
 
-    d, r = _spec(spec, round)
+    d, r, replicate, tag = _spec(spec, round, replicate)
     if not os.path.isdir(d) or not layout.is_run(d):
         raise ValueError(f"runs: {d} is not a run directory")
     config, _ = layout.load_json(os.path.join(d, "config.json"))
@@ -103,10 +109,11 @@ def load_mask(spec: str, *, round: int | None = None, replicate: int = 0
     tree = store.restore(item)
     mask = tree["mask"] if kind == "dst" else tree
     n = int((config.get("run") or {}).get("replicates") or 1)
+    if replicate >= n:
+        raise ValueError(f"replicate: {replicate} is not below {d}'s {n} replicates")
     if n > 1:
-        if replicate >= n:
-            raise ValueError(f"replicate: {replicate} is not below {d}'s {n} replicates")
         mask = jax.tree.map(lambda x: x[replicate], mask)
+        label += tag
     mask = jax.tree.map(lambda x: np.asarray(x).astype(bool), mask)
     return mask, label, str((config.get("run") or {}).get("model", "?"))
 
