@@ -10,8 +10,9 @@ Masks on dense weights run at dense speed. Two ways to real speed:
 * :func:`to_sparse` / :func:`to_bcoo` and :func:`sparse_apply`: the kept weights of
   every dense kernel as a sparse matrix, and the forward pass of the MLPs over them.
 
-Which format is fastest (benchmarks/inference.py, LeNet-300-100 at 2 % density,
-jitted forward, the 2-core CPU of BENCHMARKS.md): see :data:`DEFAULT_FORMAT`.
+Which sparse format is fastest: :data:`DEFAULT_FORMAT` (the figures there). What it
+all buys in time, and where it buys nothing (batch 1 on CPU is bound by the cost of
+a call, not by arithmetic): BENCHMARKS.md, ``benchmarks/inference.py``.
 
 Everything here is pure (no I/O); compaction works on host copies (numpy) since
 it decides shapes.
@@ -47,8 +48,14 @@ __all__ = [
 FORMATS = ("bcoo", "bcsr", "gather")
 """Sparse kernel formats of :func:`to_sparse`."""
 
-DEFAULT_FORMAT = "gather"
-"""The fastest format measured (benchmarks/inference.py, BENCHMARKS.md)."""
+DEFAULT_FORMAT = "bcsr"
+"""The fastest format measured: BCSR of the transposed kernel.
+
+benchmarks/inference.py, LeNet-300-100 at 2 % (layerwise), jitted forward, speed-up
+over the dense network (median of 5 paired repeats; 2-core CPU at load 6-7,
+BENCHMARKS.md, 2026-12-01): batch 256: bcsr 8.5x, bcoo 1.6x, gather 0.95x (an
+earlier run: 4.1x, 1.8x, 1.25x); batch 1: bcsr 0.85x, bcoo 0.60x, gather 0.65x (all
+slower than dense: the call, not the arithmetic, costs the time)."""
 
 _COMPACTABLE = (MLP, MNIST1DMLP, ResMLP, ConvNet, LeNet5)
 
