@@ -325,6 +325,24 @@ def test_lotto_export_compact_and_bcoo_reload_with_plain_orbax(finished_imp, tmp
     np.testing.assert_allclose(np.asarray(env["sparse_logits"]), want, atol=ATOL)
 
 
+def test_lotto_export_of_a_control_unit_with_overwrite(finished_imp, tmp_path, capsys):
+    run, _ = finished_imp
+    unit = "controls/shuffle/round_002"
+    masked = _masked_round(run, unit)
+    x = _x((40,), seed=3, n=4)
+    want = np.asarray(jax.jit(models.build("mlp").apply)({"params": masked}, x))
+    out = tmp_path / "c"
+    for extra in ([], ["--overwrite"]):  # the second replaces the first
+        status, o = _run_cli(capsys, "export", run, "--unit", unit, "--out", out, *extra)
+        assert status == 0, o.err
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["source"]["unit"] == unit and not (tmp_path / "c.tmp").exists()
+    params = ocp.StandardCheckpointer().restore(str(out / "params"))
+    small = models.build("mlp", num_classes=10, **meta["model_kwargs"])
+    np.testing.assert_allclose(np.asarray(jax.jit(small.apply)({"params": params}, x)),
+                               want, atol=ATOL)
+
+
 def test_lotto_export_errors(finished_imp, tmp_path, capsys):
     run, _ = finished_imp
     status, o = _run_cli(capsys, "export", tmp_path / "nope", "--out", tmp_path / "o")
@@ -337,6 +355,11 @@ def test_lotto_export_errors(finished_imp, tmp_path, capsys):
     (tmp_path / "o").mkdir()
     status, o = _run_cli(capsys, "export", run, "--out", tmp_path / "o")
     assert_one_line_error(_Result(status, o.err), "--out", "exists", "--overwrite")
+    status, o = _run_cli(capsys, "export", run, "--replicate", 1, "--out", tmp_path / "o3")
+    assert_one_line_error(_Result(status, o.err), "--replicate", "one replicate")
+    status, o = _run_cli(capsys, "export", run, "--format", "csr", "--out", tmp_path / "o3")
+    assert_one_line_error(_Result(status, o.err), "--format", "'csr'")
+    assert not (tmp_path / "o3").exists()
     fake = tmp_path / "vgg"
     fake.mkdir()
     (fake / "config.json").write_text(json.dumps(
