@@ -343,6 +343,42 @@ def test_lotto_export_of_a_control_unit_with_overwrite(finished_imp, tmp_path, c
                                want, atol=ATOL)
 
 
+@pytest.mark.parametrize("kind", ["train", "dst"])
+def test_lotto_export_finds_the_mask_of_train_and_dst_runs(kind, tmp_path, capsys):
+    """Runs written by hand through the store: ``lotto train`` keeps its mask at the
+    run's top (``mask``), ``lotto dst`` inside the final (``{"params",
+    "model_state", "mask"}``); a 2-replicate train run exports replicate 1."""
+    from lotto_jax.runs.store import RunStore
+
+    model = models.MLP(features=(12, 8), num_classes=3)
+    reps = [_init(model, (6,), seed=s) for s in (0, 1)]
+    mask = _random_mask(reps[1], 0.3, seed=5)
+    mask = _off(mask, "Dense_1/kernel", np.s_[:, :3])  # dead units: compaction shows
+    stacked = jax.tree.map(lambda *a: np.stack(a), *reps)
+    config = ({"run": {"model": "mlp", "replicates": 2}, "mask": "m"} if kind == "train"
+              else {"run": {"model": "mlp"}, "method": "set", "density": 0.3,
+                    "update_every": 10})
+    run = tmp_path / kind
+    with RunStore.open(str(run), config) as store:
+        if kind == "train":
+            store.save("mask", jax.tree.map(lambda m: np.stack([m, m]), mask))
+            store.save("train/final", {"params": stacked, "model_state": {}})
+        else:
+            store.save("dst/final", {"params": reps[1], "model_state": {}, "mask": mask})
+    extra = ["--replicate", 1] if kind == "train" else []
+    status, o = _run_cli(capsys, "export", run, "--out", tmp_path / "e", *extra)
+    assert status == 0, o.err
+    meta = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert meta["source"]["unit"] == kind and meta["model_kwargs"]["features"][1] <= 5
+    params = ocp.StandardCheckpointer().restore(str(tmp_path / "e" / "params"))
+    big = models.build("mlp", features=(12, 8), num_classes=3)
+    small = models.build("mlp", num_classes=3, **meta["model_kwargs"])
+    x = _x((6,), seed=6, n=4)
+    np.testing.assert_allclose(
+        np.asarray(jax.jit(small.apply)({"params": params}, x)),
+        np.asarray(jax.jit(big.apply)({"params": _masked(reps[1], mask)}, x)), atol=ATOL)
+
+
 def test_lotto_export_errors(finished_imp, tmp_path, capsys):
     run, _ = finished_imp
     status, o = _run_cli(capsys, "export", tmp_path / "nope", "--out", tmp_path / "o")
