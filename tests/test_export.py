@@ -343,11 +343,14 @@ def test_lotto_export_of_a_control_unit_with_overwrite(finished_imp, tmp_path, c
                                want, atol=ATOL)
 
 
-@pytest.mark.parametrize("kind", ["train", "dst"])
+@pytest.mark.parametrize("kind", ["train", "dst", "supermask"])
 def test_lotto_export_finds_the_mask_of_train_and_dst_runs(kind, tmp_path, capsys):
     """Runs written by hand through the store: ``lotto train`` keeps its mask at the
     run's top (``mask``), ``lotto dst`` inside the final (``{"params",
-    "model_state", "mask"}``); a 2-replicate train run exports replicate 1."""
+    "model_state", "mask"}``), ``lotto supermask`` (sign method) its found network in
+    ``export/`` (weights times signs, under the mask: the signed weights here are
+    ±reps[1], so the network is reps[1] masked); a 2-replicate train run exports
+    replicate 1."""
     from lotto_jax.runs.store import RunStore
 
     model = models.MLP(features=(12, 8), num_classes=3)
@@ -355,21 +358,29 @@ def test_lotto_export_finds_the_mask_of_train_and_dst_runs(kind, tmp_path, capsy
     mask = _random_mask(reps[1], 0.3, seed=5)
     mask = _off(mask, "Dense_1/kernel", np.s_[:, :3])  # dead units: compaction shows
     stacked = jax.tree.map(lambda *a: np.stack(a), *reps)
-    config = ({"run": {"model": "mlp", "replicates": 2}, "mask": "m"} if kind == "train"
-              else {"run": {"model": "mlp"}, "method": "set", "density": 0.3,
-                    "update_every": 10})
+    config = {"train": {"run": {"model": "mlp", "replicates": 2}, "mask": "m"},
+              "dst": {"run": {"model": "mlp"}, "method": "set", "density": 0.3,
+                      "update_every": 10},
+              "supermask": {"run": {"model": "mlp"}, "method": "sign", "keep": 0.3}}[kind]
+    signs = jax.tree.map(lambda p: np.where(np.arange(p.size).reshape(p.shape) % 3, 1.0,
+                                            -1.0).astype(np.float32), reps[1])
     run = tmp_path / kind
     with RunStore.open(str(run), config) as store:
         if kind == "train":
             store.save("mask", jax.tree.map(lambda m: np.stack([m, m]), mask))
             store.save("train/final", {"params": stacked, "model_state": {}})
-        else:
+        elif kind == "dst":
             store.save("dst/final", {"params": reps[1], "model_state": {}, "mask": mask})
+        else:  # the found network is weights * signs under the mask
+            store.save("export/mask", mask)
+            store.save("export/signs", signs)
+            store.save("export/weights", jax.tree.map(np.multiply, reps[1], signs))
     extra = ["--replicate", 1] if kind == "train" else []
     status, o = _run_cli(capsys, "export", run, "--out", tmp_path / "e", *extra)
     assert status == 0, o.err
     meta = json.loads((tmp_path / "e" / "export.json").read_text())
-    assert meta["source"]["unit"] == kind and meta["model_kwargs"]["features"][1] <= 5
+    assert meta["source"]["unit"] == {"supermask": "export"}.get(kind, kind)
+    assert meta["model_kwargs"]["features"][1] <= 5
     params = ocp.StandardCheckpointer().restore(str(tmp_path / "e" / "params"))
     big = models.build("mlp", features=(12, 8), num_classes=3)
     small = models.build("mlp", num_classes=3, **meta["model_kwargs"])
@@ -396,6 +407,12 @@ def test_lotto_export_errors(finished_imp, tmp_path, capsys):
     status, o = _run_cli(capsys, "export", run, "--format", "csr", "--out", tmp_path / "o3")
     assert_one_line_error(_Result(status, o.err), "--format", "'csr'")
     assert not (tmp_path / "o3").exists()
+    unexported = tmp_path / "sm"
+    unexported.mkdir()
+    (unexported / "config.json").write_text(json.dumps(
+        {"run": {"model": "mlp"}, "method": "sign", "keep": 0.5}))
+    status, o = _run_cli(capsys, "export", unexported, "--out", tmp_path / "o3")
+    assert_one_line_error(_Result(status, o.err), "--unit", "not exported", "export/mask")
     fake = tmp_path / "vgg"
     fake.mkdir()
     (fake / "config.json").write_text(json.dumps(

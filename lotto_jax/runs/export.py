@@ -2,7 +2,8 @@
 
 Reads a run directory (any kind whose unit stores a final ``{"params",
 "model_state"}`` and a mask: an IMP round or control, a PaI variant, a ``lotto
-train`` run, a DST run), rebuilds the model from ``config.json``, and writes to
+train`` run, a DST run; of a supermask run, the found network of its ``export/``:
+weights ⊙ mask, times the signs of the sign method), rebuilds the model from ``config.json``, and writes to
 ``--out DIR``::
 
   DIR/
@@ -84,6 +85,14 @@ def _has_final(directory: str, prefix: str) -> bool:
 
 def _pick_unit(config: ExportConfig, view: layout.RunView) -> str:
     """The unit to export (its prefix), or a ValueError listing the choices."""
+    if view.kind == "supermask":  # the found network: export/{weights,mask,signs}
+        if config.round is not None or config.unit not in (None, "export", "search"):
+            raise ValueError(f"unit: a supermask run has one network, its export/ "
+                             f"(no --round; --unit export), got {config.unit or config.round}")
+        if not os.path.exists(os.path.join(view.path, "export", "mask" + _MANIFEST)):
+            raise ValueError(f"unit: the supermask search in {view.path} has not exported "
+                             "its network yet (no export/mask)")
+        return "export"
     finals = [u for u in layout.unit_dirs(view.path, view.kind) if _has_final(view.path, u)]
     listing = ", ".join(finals) or "none"
     if config.unit is not None:
@@ -122,7 +131,15 @@ def _ticket(config: ExportConfig, view: layout.RunView, prefix: str):
     from lotto_jax.runs.store import RunStore
 
     store = RunStore(view.path)
-    final = store.restore(f"{prefix}/final")
+    if view.kind == "supermask":  # weights ⊙ mask, times signs for the sign method
+        final = {"params": store.restore("export/weights"),
+                 "model_state": store.restore("export/model_state")
+                 if store.has("export/model_state") else {}}
+        if store.has("export/signs"):
+            final["params"] = jax.tree.map(lambda w, s: np.asarray(w) * np.asarray(s),
+                                           final["params"], store.restore("export/signs"))
+    else:
+        final = store.restore(f"{prefix}/final")
     params, model_state = final["params"], final.get("model_state") or {}
     if store.has(f"{prefix}/mask"):
         mask = store.restore(f"{prefix}/mask")
