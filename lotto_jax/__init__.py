@@ -25,6 +25,7 @@ from lotto_jax import (
     scores,
     sharding,
     sparse,
+    structured,
     supermask,
     train,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "scores",
     "sharding",
     "sparse",
+    "structured",
     "supermask",
     "train",
 ]

@@ -167,6 +167,7 @@ def iterative_prune(
     prevent_collapse: bool = False,
     prunable: Prunable = default_prunable,
     callback: Callable[[int, float, Mask], None] | None = None,
+    prune_fn: Callable[[Scores, Mask, float], Mask] | None = None,
 ) -> Mask:
     """Prunes ``mask`` to ``density`` over ``rounds`` rounds, re-scoring each round.
 
@@ -190,6 +191,10 @@ def iterative_prune(
         more than ``round(density * N)``.
       prunable: which leaves are pruned.
       callback: ``callback(round, target_density, mask)`` after each round.
+      prune_fn: ``prune_fn(scores, mask, target) -> mask`` instead of
+        :func:`lotto_jax.prune.to_density` (structured pruning: the target is then a
+        unit or block density, :func:`lotto_jax.structured.prune_density`); the
+        schedule still starts at ``mask``'s weight density (1 from a full mask).
 
     Returns:
       The final mask.
@@ -208,7 +213,10 @@ def iterative_prune(
         scores = score_fn(mask, jnp.asarray(k, jnp.int32))
         if invert:
             scores = jax.tree.map(jnp.negative, scores)
-        if rounds == 1:
+        if prune_fn is not None:
+            _check_finite(scores, mask, prunable)
+            new = prune_fn(scores, mask, target)
+        elif rounds == 1:
             _check_finite(scores, mask, prunable)
             new = _to_density_jit(scores, mask, density=target, scope=scope,
                                   prunable=prunable)

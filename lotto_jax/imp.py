@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotto_jax import masks, prune, scores
+from lotto_jax import masks, prune, scores, structured
 from lotto_jax._types import Groups, Mask, Params, PRNGKey, Prunable
 
 __all__ = [
@@ -249,17 +249,23 @@ def next_mask(
     layer_fractions: Mapping[str, float] | None = None,
     score_fn: Callable[[Params], Any] = scores.magnitude,
     prunable: Prunable = masks.default_prunable,
+    structure: str | structured.Structure = "weight",
+    topology: Any = None,
 ) -> tuple[Mask, Any]:
     """One IMP pruning step: score the trained weights, remove ``fraction`` of the
-    survivors (:func:`lotto_jax.prune.by_fraction`).
+    survivors (:func:`lotto_jax.prune.by_fraction`; whole neurons, channels, blocks
+    or N:M groups under another ``structure``: :func:`lotto_jax.structured.prune_fraction`,
+    with the model's ``topology``).
 
     Returns:
       ``(new_mask, nonfinite)``: ``nonfinite`` counts, per leaf, the NaN or
       infinite scores on kept weights (the caller decides whether that is an
-      error: under ``jit`` nothing can be raised here).
+      error: under ``jit`` nothing can be raised here; likewise a unit group
+      emptied by structured pruning: :func:`lotto_jax.structured.empty_groups`).
     """
     s = score_fn(params)
     bad = jax.tree.map(lambda x, k: jnp.sum(k & ~jnp.isfinite(x)), s, mask)
-    new = prune.by_fraction(s, mask, fraction, scope=scope, groups=groups,
-                            layer_fractions=dict(layer_fractions or {}), prunable=prunable)
+    new = structured.prune_fraction(
+        structure, s, mask, fraction, topology=topology, scope=scope, groups=groups,
+        layer_fractions=layer_fractions, prunable=prunable)
     return new, bad

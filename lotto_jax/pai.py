@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lotto_jax import masks as masks_lib
-from lotto_jax import models
+from lotto_jax import models, structured
 from lotto_jax import scores as scores_lib
 from lotto_jax._pai_iterative import (  # noqa: F401  (_check_*: runs.pai)
     SCHEDULES,
@@ -181,6 +181,8 @@ def synflow(
     prevent_collapse: bool = False,
     prunable: Prunable = default_prunable,
     callback: Callable[[int, float, Mask], None] | None = None,
+    structure: str = "weight",
+    topology: Any = None,
 ) -> Mask:
     """Iterative SynFlow: ``rounds`` rounds of :func:`lotto_jax.scores.synflow_scores`
     under the current mask, pruning to ``ρ^(k/n)`` at round ``k`` (exponential).
@@ -208,6 +210,8 @@ def synflow(
       prevent_collapse: see :func:`iterative_prune`.
       prunable: which leaves are pruned.
       callback: ``callback(round, target_density, mask)`` after each round.
+      structure: see :func:`prune_at_init`.
+      topology: see :func:`prune_at_init`.
 
     Returns:
       The mask.
@@ -236,6 +240,7 @@ def synflow(
         raise ValueError("apply_fn: synflow needs apply_fn(params, model_state, x)")
     density = _check_density(density)
     rounds = _check_rounds(rounds)
+    prune_fn = _structured(structure, topology, scope, prunable, prevent_collapse)
     mask = masks_lib.init(params, prunable) if mask is None else mask
     masks_lib.validate(params, mask)
     x64 = dtype is not None and jnp.dtype(dtype).itemsize == 8
@@ -257,7 +262,7 @@ def synflow(
         return iterative_prune(
             score_fn, mask, density=density, rounds=rounds, schedule=schedule,
             scope=scope, invert=invert, prevent_collapse=prevent_collapse,
-            prunable=prunable, callback=callback,
+            prunable=prunable, callback=callback, prune_fn=prune_fn,
         )
 
     if x64 and not jax.config.jax_enable_x64:
@@ -288,6 +293,8 @@ def prune_at_init(
     prevent_collapse: bool = False,
     prunable: Prunable = default_prunable,
     callback: Callable[[int, float, Mask], None] | None = None,
+    structure: str = "weight",
+    topology: Any = None,
 ) -> Mask:
     """Prunes θ0 to ``density`` of its prunable weights with a pruning-at-init method.
 
@@ -336,6 +343,14 @@ def prune_at_init(
         would be emptied; see :func:`iterative_prune`.
       prunable: which leaves are pruned.
       callback: ``callback(round, target_density, mask)`` after each round.
+      structure: ``"weight"`` (unstructured) or, with the model's ``topology``, a
+        structure of :func:`lotto_jax.structured.parse`: the method's scores summed
+        per unit (``"neuron"``, ``"channel"``; ``density`` = fraction of each
+        layer's units, ``scope`` as for weights) or per residual block
+        (``"layer"``; ``density`` = fraction of blocks kept), or ``"N:M"``
+        (:func:`lotto_jax.structured.prune_density`). ``prevent_collapse`` is for
+        weights only (a structure never empties a layer: it refuses).
+      topology: :func:`lotto_jax.structured.topology_for` of the model.
 
     Returns:
       The mask.
@@ -363,6 +378,7 @@ def prune_at_init(
     if rounds is None:
         rounds = 100 if method == "synflow" else 1
     rounds = _check_rounds(rounds)
+    prune_fn = _structured(structure, topology, scope, prunable, prevent_collapse)
     start = masks_lib.init(params, prunable) if mask is None else mask
     masks_lib.validate(params, start)
     common_kw = dict(
@@ -373,7 +389,7 @@ def prune_at_init(
     if method == "synflow":
         return synflow(
             apply_fn, params, start, input_shape, model_state=model_state, dtype=dtype,
-            rescale=rescale, **common_kw,
+            rescale=rescale, structure=structure, topology=topology, **common_kw,
         )
     if method == "random":
         if key is None:
@@ -404,4 +420,20 @@ def prune_at_init(
             return _grasp_jit(loss_fn, params, m, batches, temperature=temperature,
                               prunable=prunable)
 
-    return iterative_prune(score_fn, start, **common_kw)
+    return iterative_prune(score_fn, start, prune_fn=prune_fn, **common_kw)
+
+
+def _structured(structure, topology, scope: str, prunable: Prunable, prevent_collapse: bool):
+    """``iterative_prune``'s ``prune_fn`` for a structure (``None`` for weights)."""
+    st = structured.parse(structure)
+    if st.kind == "weight":
+        return None
+    if prevent_collapse:
+        raise ValueError(f"prevent_collapse: applies to structure 'weight' only, got "
+                         f"{structure!r} (structured pruning refuses to empty a layer)")
+
+    def prune_fn(scores, mask, target):
+        return structured.prune_density(st, scores, mask, target, topology=topology,
+                                        scope=scope, prunable=prunable)
+
+    return prune_fn

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import jax
 import jax.numpy as jnp
 
-from lotto_jax import imp, masks, models
+from lotto_jax import imp, masks, models, structured
 from lotto_jax.runs import common
 from lotto_jax.runs.imp_loop import TIMING_KEYS, ImpResult, RoundResult, run_imp
 from lotto_jax.runs.store import RunStore
@@ -62,6 +62,14 @@ class ImpConfig(common.RunOptions):
         leaves together (with ``prune_biases``, kernel and bias pooled: the
         notebook's rule); ``"leaf"`` ranks every leaf on its own. The same when
         only kernels are pruned.
+      structure: what a round removes: ``weight`` (unstructured, the default),
+        ``neuron`` / ``channel`` (whole units: a dense neuron or conv channel with
+        its bias and normalisation parameters, ranked per layer by the L2 norm of
+        its kernel weights; ``channel`` needs a conv net), ``layer`` (``fraction``
+        of the remaining residual blocks, by their summed magnitudes; resmlp,
+        resnet20) or ``N:M`` like ``2:4`` (:mod:`lotto_jax.structured`). The
+        output layer has no units, so ``output_fraction`` applies to weights only;
+        only the ``reinit`` control applies to a structure.
       timing: write each network's wall-time split (train, eval, prune,
         checkpoint) into its ``metrics.json`` and print the split per round.
       out: the run directory (its layout: :mod:`lotto_jax.runs.imp_loop`).
@@ -76,6 +84,7 @@ class ImpConfig(common.RunOptions):
     controls: tuple[str, ...] = ()
     prune_biases: bool = False
     groups: str = "layer"
+    structure: str = "weight"
     timing: bool = False
     out: str = dataclasses.field(default="runs/imp", kw_only=True)
 
@@ -98,6 +107,12 @@ class ImpConfig(common.RunOptions):
             )
         imp._check_controls(self.controls)
         imp.parse_rewind(self.rewind, self.run.train.steps)
+        if structured.parse(self.structure).kind != "weight" and \
+                set(self.controls) - {"reinit"}:
+            raise ValueError(
+                f"controls: {sorted(set(self.controls) - {'reinit'})} draw unstructured "
+                f"masks; with structure {self.structure!r} only 'reinit' applies"
+            )
 
 
 def _print_timing(timings: Sequence[Mapping[str, float]]) -> None:
@@ -142,6 +157,7 @@ def _main(config: ImpConfig, store: RunStore) -> ImpResult:
     )
     input_shape = prep.dataset.input_shape
     n_rep = config.run.replicates
+    topology = structured.topology_for(config.structure, prep.module, prep.params)
 
     def init_fn(key):
         variables = models.init(prep.module, key, input_shape)
@@ -167,7 +183,7 @@ def _main(config: ImpConfig, store: RunStore) -> ImpResult:
         controls=config.controls, data_key=data_key, key=key,
         store=store, prunable=prunable, init_fn=init_fn, save_every=config.save_every,
         save_interval=config.save_interval, replicates=n_rep > 1, mesh=prep.mesh,
-        timing=config.timing,
+        timing=config.timing, structure=config.structure, topology=topology,
     )
     report.print_table(report.load_run(store.directory))
     if config.timing:

@@ -94,7 +94,7 @@ from typing import Any
 import jax
 
 from lotto_jax import data as data_lib
-from lotto_jax import imp, masks, scores, train
+from lotto_jax import imp, masks, scores, structured, train
 from lotto_jax._types import Groups, Params, PRNGKey, Prunable
 from lotto_jax.imp import CONTROLS
 from lotto_jax.runs import common
@@ -114,6 +114,22 @@ __all__ = ["TIMING_KEYS", "ImpResult", "RoundResult", "run_imp"]
 
 TIMING_KEYS: tuple[str, ...] = ("train_s", "eval_s", "prune_s", "checkpoint_s")
 """The parts of a round's wall time in :attr:`ImpResult.timing` (plus ``total_s``)."""
+
+
+def _check_structure(controls, structure: str, topology) -> structured.Structure:
+    """The controls' names, and a structure with what it needs (a topology, and
+    controls that keep whole units: only ``reinit``)."""
+    imp._check_controls(controls)
+    st = structured.parse(structure)
+    if st.kind in ("neuron", "channel", "layer") and topology is None:
+        raise ValueError(f"topology: structure {structure!r} needs the model's topology "
+                         "(structured.topology_for(structure, module, params))")
+    if st.kind != "weight" and set(controls) - {"reinit"}:
+        raise ValueError(
+            f"controls: {sorted(set(controls) - {'reinit'})} draw unstructured masks; "
+            f"with structure {structure!r} only 'reinit' applies"
+        )
+    return st
 
 
 def run_imp(
@@ -142,6 +158,8 @@ def run_imp(
     mesh: jax.sharding.Mesh | None = None,
     timing: bool = False,
     progress: bool | None = None,
+    structure: str = "weight",
+    topology: Any = None,
 ) -> ImpResult:
     """Runs IMP for ``rounds`` pruning rounds, with rewinding and controls.
 
@@ -191,6 +209,16 @@ def run_imp(
         start states are placed on it.
       timing: also write each network's wall-time split into its metrics.
       progress: show progress bars (default: when stderr is a terminal).
+      structure: what one pruning step removes (:func:`lotto_jax.structured.parse`):
+        ``"weight"`` (unstructured), ``"neuron"`` / ``"channel"`` (whole units,
+        ranked by the L2 norm of ``score_fn``'s scores over their kernel slices,
+        ``scope`` as for weights; ``layer_fractions`` does not apply: the output
+        layer has no units), ``"layer"`` (``fraction`` of the remaining residual
+        blocks, by their summed scores) or ``"N:M"``. Only the ``"reinit"``
+        control applies to a structure other than ``"weight"``.
+      topology: the model's :func:`lotto_jax._topology.topology` (static data),
+        required by ``"neuron"``, ``"channel"`` and ``"layer"``
+        (:func:`lotto_jax.structured.topology_for`).
 
     Returns:
       An :class:`ImpResult`.
@@ -211,7 +239,7 @@ def run_imp(
     """
     steps = trainer.config.steps
     imp.parse_rewind(rewind, steps)
-    imp._check_controls(controls)
+    st = _check_structure(controls, structure, topology)
     check_save_every(save_every)
     check_save_interval(save_interval)
     if not isinstance(rounds, int) or rounds < 0:
@@ -227,7 +255,8 @@ def run_imp(
         "controls": controls, "train": common.config_to_dict(trainer.config),
         "num_train": trainer.num_train, "score_fn": fingerprint(score_fn),
         "prunable": fingerprint(prunable), "data_key": key_list(data_key),
-        "key": key_list(key),
+        "key": key_list(key),  # "structure" only if not weights: older runs still match
+        **({} if st.kind == "weight" else {"structure": structure}),
     }
     if replicates:
         record["replicates"] = replicate_count(params0=params0, model_state0=model_state0,
@@ -246,7 +275,7 @@ def run_imp(
         result = _Imp(
             engine, params0, model_state0, rounds=rounds, rewind=rewind,
             rule=(score_fn, fraction, scope, groups, tuple((layer_fractions or {}).items()),
-                  prunable),
+                  prunable, st, topology),
             controls=controls, key=key, init_fn=init_fn, stack_controls=stack_controls,
             timing=timing,
         ).run()

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotto_jax import imp, masks, train
+from lotto_jax import imp, masks, structured, train
 from lotto_jax._types import Mask, Params
 from lotto_jax.runs import common
 from lotto_jax.runs.engine import Engine, Unit, abstract
@@ -105,14 +105,15 @@ def _control_keys(key, control: str, r: int, stacked: bool):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _prune(rule, final_params, mask, stacked=False):
-    """``rule = (score_fn, fraction, scope, groups, layer_fractions items, prunable)``:
-    :func:`lotto_jax.imp.next_mask`, per replicate when ``stacked``."""
-    score_fn, fraction, scope, groups, layer_fractions, prunable = rule
+    """``rule = (score_fn, fraction, scope, groups, layer_fractions items, prunable,
+    structure, topology)``: :func:`lotto_jax.imp.next_mask`, per replicate when
+    ``stacked``."""
+    score_fn, fraction, scope, groups, layer_fractions, prunable, structure, topo = rule
 
     def one(p, m):
         return imp.next_mask(p, m, fraction=fraction, scope=scope, groups=groups,
                              layer_fractions=dict(layer_fractions), score_fn=score_fn,
-                             prunable=prunable)
+                             prunable=prunable, structure=structure, topology=topo)
 
     return jax.vmap(one)(final_params, mask) if stacked else one(final_params, mask)
 
@@ -195,7 +196,23 @@ class _Imp:
                         f"score_fn: scores{jax.tree_util.keystr(path)} has "
                         f"{int(np.sum(n))} NaN or infinite scores on kept weights"
                     )
+            self._check_units(new)
             return jax.block_until_ready(new)
+
+    def _check_units(self, new):
+        """Structured pruning under jit cannot refuse to empty a unit group: here."""
+        structure, topo = self.rule[6], self.rule[7]
+        if structure.kind not in ("neuron", "channel"):
+            return
+        rows = [jax.tree.map(lambda x, i=i: x[i], new)
+                for i in range(jax.tree.leaves(new)[0].shape[0])] if self.stacked else [new]
+        for row in rows:
+            if empty := structured.empty_groups(row, topo):
+                raise ValueError(
+                    f"fraction: pruning {self.rule[1]} of the units left {empty} without "
+                    "any unit; a layer needs at least one (use a smaller --fraction, "
+                    "fewer --rounds or --scope layerwise)"
+                )
 
     def theta_k(self):
         if "rewind" not in self.memo:

@@ -43,7 +43,7 @@ import numpy as np
 
 from lotto_jax import masks as masks_lib
 from lotto_jax import scores as scores_lib
-from lotto_jax import train
+from lotto_jax import structured, train
 from lotto_jax._types import Mask
 from lotto_jax.pai import (
     CONTROLS,
@@ -89,6 +89,13 @@ class PaiConfig(common.RunOptions):
         would empty.
       synflow_float64: compute SynFlow scores in float64 (against underflow on
         deep networks).
+      structure: ``weight`` (unstructured, the default); ``neuron`` / ``channel``
+        (the method's scores summed per unit: a neuron or conv channel with its
+        bias and normalisation parameters; ``density`` is then the fraction of
+        units kept; ``channel`` needs a conv net); ``layer`` (scores summed per
+        residual block; ``density`` = fraction of blocks kept); or ``N:M`` like
+        ``2:4`` (:mod:`lotto_jax.structured`). The shuffle control and
+        ``prevent_collapse`` apply to ``weight`` only.
       out: the run directory (layout in the module docs): ``config.json``,
         ``init``, ``variants/<name>/{mask,final,metrics.json}``, ``results.json``.
     """
@@ -102,6 +109,7 @@ class PaiConfig(common.RunOptions):
     sample_per_class: int = 10
     prevent_collapse: bool = False
     synflow_float64: bool = False
+    structure: str = "weight"
     out: str = dataclasses.field(default="runs/pai", kw_only=True)
 
     def __post_init__(self):
@@ -115,6 +123,18 @@ class PaiConfig(common.RunOptions):
             raise ValueError(f"controls: repeated entries in {self.controls}")
         if self.pai_rounds is not None:
             _check_rounds(self.pai_rounds)
+        st = structured.parse(self.structure)
+        if st.kind == "nm" and abs(self.density - st.n / st.m) > 1e-6:
+            raise ValueError(f"density: structure {self.structure!r} keeps exactly "
+                             f"{st.n}/{st.m} of the weights; pass --density "
+                             f"{st.n / st.m:g}, got {self.density}")
+        if st.kind != "weight":
+            if "shuffle" in self.controls:
+                raise ValueError(f"controls: 'shuffle' draws an unstructured mask; with "
+                                 f"structure {self.structure!r} use reinit or invert")
+            if self.prevent_collapse:
+                raise ValueError(f"prevent_collapse: applies to structure 'weight' only, "
+                                 f"got {self.structure!r}")
         if not isinstance(self.sample_per_class, int) or self.sample_per_class < 1:
             raise ValueError(
                 f"sample_per_class: expected a positive int, got {self.sample_per_class!r}"
@@ -216,6 +236,7 @@ class _Variants:
         self.mask_target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bool_),
                                         self.weights_target["params"])
         self.loss_fns: list[tuple[Any, Any]] = []  # (model_state, loss_fn): one compile each
+        self.topology = structured.topology_for(c.structure, prep.module, prep.params)
 
     def _join(self, trees):
         return trees[0] if self.n_rep == 1 else common.stack(trees)
@@ -256,6 +277,7 @@ class _Variants:
             model_state=model_state, batches=batches, input_shape=ds.input_shape,
             rounds=c.pai_rounds, dtype=jnp.float64 if c.synflow_float64 else None,
             invert=invert, prevent_collapse=c.prevent_collapse,
+            structure=c.structure, topology=self.topology,
         )
 
     def _per_replicate(self, fn) -> Any:
