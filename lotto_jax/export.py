@@ -24,15 +24,21 @@ import math
 from typing import Any, NamedTuple
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import sparse
 
 from lotto_jax import _topology, masks
+from lotto_jax._export_sparse import (
+    DEFAULT_FORMAT,
+    FORMATS,
+    GatherKernel,
+    sparse_apply,
+    to_bcoo,
+    to_sparse,
+)
 from lotto_jax._types import Mask, Params
-from lotto_jax.models import MLP, MNIST1DMLP, ConvNet, LeNet5, ResMLP
+from lotto_jax.models import MLP, MNIST1DMLP, VGG, ConvNet, LeNet5, ResMLP
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -45,19 +51,8 @@ __all__ = [
     "to_sparse",
 ]
 
-FORMATS = ("bcoo", "bcsr", "gather")
-"""Sparse kernel formats of :func:`to_sparse`."""
-
-DEFAULT_FORMAT = "bcsr"
-"""The fastest format measured: BCSR of the transposed kernel.
-
-benchmarks/inference.py, LeNet-300-100 at 2 % (layerwise), jitted forward, speed-up
-over the dense network (median of 5 paired repeats; 2-core CPU at load 6-7,
-BENCHMARKS.md, 2026-12-01): batch 256: bcsr 8.5x, bcoo 1.6x, gather 0.95x (an
-earlier run: 4.1x, 1.8x, 1.25x); batch 1: bcsr 0.85x, bcoo 0.60x, gather 0.65x (all
-slower than dense: the call, not the arithmetic, costs the time)."""
-
-_COMPACTABLE = (MLP, MNIST1DMLP, ResMLP, ConvNet, LeNet5)
+_COMPACTABLE = (MLP, MNIST1DMLP, ResMLP, ConvNet, LeNet5, VGG)
+_BN_EPS = 1e-5  # VGG's BatchNorm epsilon
 
 
 class Compacted(NamedTuple):
@@ -66,7 +61,7 @@ class Compacted(NamedTuple):
     Attributes:
       module: the smaller model (same class with smaller widths; see :func:`compact`).
       params: its dense params (nested dicts).
-      model_state: its other collections (``{}`` for the models compaction covers).
+      model_state: its other collections (VGG's ``batch_stats``; else ``{}``).
       report: units and parameters before and after (:func:`compact`).
     """
 
@@ -101,14 +96,16 @@ def _bias_of(path: str) -> str:
     return path.rsplit("/", 1)[0] + "/bias"
 
 
-def _classify(flat, g: _topology.UnitGroup):
+def _classify(flat, g: _topology.UnitGroup, stats):
     """``(dead_out, constant, values, foldable)`` per unit of group ``g``.
 
     ``dead_out``: every consumer slice is zero (the unit is read by nothing).
     ``constant``: every member kernel slice is zero, so the unit outputs a
     constant: ``values[i]`` is what consumer ``i`` reads, ``relu`` of the biases of
     the member layers before it (a tied stream: MNIST-1D's ``Dense_1`` reads
-    ``relu(b0)``, ``output`` reads ``relu(b0) + relu(b1)``). ``foldable``: every
+    ``relu(b0)``, ``output`` reads ``relu(b0) + relu(b1)``). A BatchNorm member (VGG;
+    inference mode, ``stats`` its running mean and variance) makes a unit constant
+    also when its scale is 0. ``foldable``: every
     consumer is a dense kernel (a constant input folds exactly into its bias; a
     conv's zero padding makes that inexact).
     """
@@ -116,30 +113,36 @@ def _classify(flat, g: _topology.UnitGroup):
     for s in g.consumers:
         live_out |= (_rows(flat, s) != 0).any(1)
     live_in = np.zeros(g.size, bool)
-    known = True
-    layers = []  # (layer, relu(bias)) of the member layers, in order
+    layers = []  # (layer, bias) of the member layers, in order
     for s in g.members:
         if s.path.endswith("/kernel"):
             live_in |= (_rows(flat, s) != 0).any(1)
             bias = flat.get(_bias_of(s.path))
             layers.append((s.path.rsplit("/", 1)[0], np.zeros(g.size) if bias is None
-                           else np.maximum(np.asarray(bias, np.float64), 0.0)))
-        elif not s.path.endswith("/bias"):
-            known = False  # a normalisation: its constant is not worked out here
+                           else np.asarray(bias, np.float64)))
+    norms = [s.path[: -len("/scale")] for s in g.members if s.path.endswith("/scale")]
+    constant = ~live_in
+    if norms:  # conv -> BatchNorm -> relu: its output when constant
+        (norm,), ((layer, z),) = norms, layers
+        scale, beta = (np.asarray(flat[f"{norm}/{k}"], np.float64) for k in ("scale", "bias"))
+        mean, var = (np.asarray(stats[f"{norm}/{k}"], np.float64) for k in ("mean", "var"))
+        constant |= scale == 0
+        layers = [(layer, np.where(scale == 0, beta,
+                                   (z - mean) * scale / np.sqrt(var + _BN_EPS) + beta))]
+    layers = [(name, np.maximum(b, 0.0)) for name, b in layers]
     values = []
     for s in g.consumers:
         names = [name for name, _ in layers]
         layer = s.path.rsplit("/", 1)[0]
         before = layers[: names.index(layer)] if layer in names else layers
         values.append(sum((v for _, v in before), np.zeros(g.size)))
-    constant = ~live_in if known else np.zeros(g.size, bool)
     foldable = all(
         flat[s.path].ndim == 2 and _bias_of(s.path) in flat for s in g.consumers
     )
     return ~live_out, constant, np.stack(values), foldable
 
 
-def _remove(flat, g: _topology.UnitGroup, idx: np.ndarray, values: np.ndarray) -> None:
+def _remove(flat, stats, g: _topology.UnitGroup, idx: np.ndarray, values: np.ndarray) -> None:
     """Folds the constants ``values[i, idx]`` into consumer ``i``'s bias, then
     deletes units ``idx`` from every member and consumer of ``g`` (in place)."""
     for s, value in zip(g.consumers, values, strict=True):
@@ -153,6 +156,10 @@ def _remove(flat, g: _topology.UnitGroup, idx: np.ndarray, values: np.ndarray) -
     for s in (*g.members, *g.consumers):
         x = np.delete(_topology.view(flat[s.path], s), idx, axis=s.axis)
         flat[s.path] = x if s.shape is None else x.reshape(-1, x.shape[-1])
+        if s.path.endswith("/scale"):  # a BatchNorm's running statistics go with it
+            for k in ("mean", "var"):
+                key = s.path.replace("/scale", f"/{k}")
+                stats[key] = np.delete(stats[key], idx)
 
 
 def _block_is_zero(flat, block: str) -> bool:
@@ -198,6 +205,10 @@ def _rebuild(module: nn.Module, flat) -> tuple[nn.Module, dict[str, Any]]:
         plan = tuple(s if s == "M" else next(convs) for s in module.plan)
         dense = tuple(width(f"Dense_{j}") for j in range(len(module.dense)))
         return module.clone(plan=plan, dense=dense), flat
+    if isinstance(module, VGG):
+        convs = iter(width(c) for c in _topology._numbered(flat, "Conv_"))
+        return module.clone(plan=tuple(s if s == "M" else next(convs)
+                                       for s in module.plan)), flat
     # LeNet5
     return module.clone(widths=tuple(width(n) for n in
                                      ("Conv_0", "Conv_1", "Dense_0", "Dense_1"))), flat
@@ -228,16 +239,17 @@ def compact(
     The new module is the same class with smaller widths: ``MLP`` / ``LeNet300``
     (``features``), the residual ``MNIST1DMLP`` (``hidden``: both layers write one
     stream), ``ResMLP`` (``blocks`` and per-block ``hiddens``), ``ConvNet``
-    (``plan`` and ``dense``), ``LeNet5`` (``widths``). A non-residual
-    ``MNIST1DMLP`` becomes the equal ``MLP(features=(h0, h1))`` (its two layers
-    may now differ in width). VGG and CifarResNet (BatchNorm) are not covered.
+    (``plan`` and ``dense``), ``LeNet5`` (``widths``), ``VGG`` (``plan``; its
+    ``batch_stats`` sliced too; equal outputs in inference mode, ``train=False``).
+    A non-residual ``MNIST1DMLP`` becomes the equal ``MLP(features=(h0, h1))`` (its
+    two layers may now differ in width). CifarResNet is not covered.
 
     Args:
       module: the model (unbound).
       params: its params; may hold nonzero values where ``mask`` is False.
       mask: a boolean pytree like ``params``.
-      model_state: the model's other collections; the models covered have none
-        (``None`` or ``{}``).
+      model_state: the model's other collections: VGG's ``{"batch_stats": ...}``;
+        ``None`` or ``{}`` for the others.
 
     Returns:
       A :class:`Compacted`. Its ``report`` holds ``params_before`` (every entry of
@@ -270,13 +282,17 @@ def compact(
     """
     if not isinstance(module, _COMPACTABLE):
         raise ValueError(
-            f"model: compact covers MLP, LeNet300, MNIST1DMLP, ResMLP, ConvNet and "
-            f"LeNet5, not {type(module).__name__}"
+            f"model: compact covers MLP, LeNet300, MNIST1DMLP, ResMLP, ConvNet, "
+            f"LeNet5 and VGG, not {type(module).__name__}"
         )
-    if model_state:
+    stats = {k: np.asarray(v) for k, v in _flat((model_state or {}).get(
+        "batch_stats", {})).items()}
+    if isinstance(module, VGG) != bool(model_state) or (
+            model_state and set(model_state) != {"batch_stats"}):
         raise ValueError(
-            f"model_state: expected None or empty for {type(module).__name__} (no "
-            f"BatchNorm), got collections {sorted(model_state)}"
+            f"model_state: expected {{'batch_stats': ...}} for VGG and None or empty "
+            f"for the others; got {sorted(model_state or {})} for "
+            f"{type(module).__name__}"
         )
     masks.validate(params, mask, name="mask")
     flat = {k: np.where(np.asarray(m), np.asarray(v), np.zeros((), np.asarray(v).dtype))
@@ -303,14 +319,14 @@ def compact(
         for name in [g.name for g in _topology.topology(module, _nest(flat)).units]:
             (g,) = [u for u in _topology.topology(module, _nest(flat)).units
                     if u.name == name]
-            dead_out, constant, values, foldable = _classify(flat, g)
+            dead_out, constant, values, foldable = _classify(flat, g, stats)
             gone = dead_out | (constant & ((values == 0).all(0) | foldable))
             if gone.all():
                 gone[0] = False  # one unit stays: what it computes is unchanged
             if gone.any():
                 idx = np.flatnonzero(gone)
                 fold = np.where(dead_out, 0.0, values)  # a unit read by nothing: no fold
-                _remove(flat, g, idx, fold)
+                _remove(flat, stats, g, idx, fold)
                 kept[name] = np.delete(kept[name], idx)
                 changed = True
     new_module, new_flat = _rebuild(module, flat)
@@ -338,147 +354,10 @@ def compact(
         "blocks_after": blocks_before - len(removed_blocks),
         "removed_blocks": removed_blocks,
     }
-    return Compacted(new_module, jax.tree.map(jnp.asarray, _nest(new_flat)), {}, report)
+    state = {"batch_stats": jax.tree.map(jnp.asarray, _nest(stats))} if stats else {}
+    return Compacted(new_module, jax.tree.map(jnp.asarray, _nest(new_flat)), state, report)
 
 
 def _group_sizes(module: nn.Module, params: Params) -> dict[str, int]:
     shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.float32), params)
     return {g.name: g.size for g in _topology.topology(module, shapes).units}
-
-
-# ------------------------------------------------------------- sparse inference
-class GatherKernel(flax.struct.PyTreeNode):
-    """A kernel ``W (in, out)`` as its kept entries: ``W[rows[k], cols[k]] = data[k]``,
-    sorted by ``cols``. ``x @ W`` is a gather of ``x``'s columns ``rows``, a product
-    with ``data`` and a sorted segment sum over ``cols``."""
-
-    data: jax.Array
-    rows: jax.Array
-    cols: jax.Array
-    shape: tuple[int, int] = flax.struct.field(pytree_node=False)
-
-    def __rmatmul__(self, x: jax.Array) -> jax.Array:
-        """``x @ W`` for ``x`` of shape ``(batch, in)``."""
-        prod = (x[:, self.rows] * self.data[None, :]).T  # (nse, batch)
-        y = jax.ops.segment_sum(prod, self.cols, num_segments=self.shape[1],
-                                indices_are_sorted=True)
-        return y.T
-
-
-def _sparse_kernel(w: np.ndarray, m: np.ndarray, format: str):
-    cols, rows = np.nonzero(m.T)  # column-major: sorted by output column
-    rows, cols = rows.astype(np.int32), cols.astype(np.int32)
-    data = jnp.asarray(w[rows, cols])
-    if format == "gather":
-        return GatherKernel(data, jnp.asarray(rows), jnp.asarray(cols), tuple(w.shape))
-    if format == "bcoo":
-        order = np.lexsort((cols, rows))
-        return sparse.BCOO((data[order], jnp.asarray(np.stack([rows, cols], 1)[order])),
-                           shape=tuple(w.shape), indices_sorted=True, unique_indices=True)
-    # bcsr: the transposed kernel (out, in), rows = output units: y^T = W^T x^T
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=w.shape[1]))])
-    return sparse.BCSR((data, jnp.asarray(rows), jnp.asarray(indptr.astype(np.int32))),
-                       shape=(w.shape[1], w.shape[0]))
-
-
-def to_sparse(params: Params, mask: Mask, *, format: str = DEFAULT_FORMAT) -> Params:
-    """Every dense kernel (2-D leaf) as a sparse matrix of its kept entries.
-
-    Args:
-      params: the params (nested dicts of arrays).
-      mask: a boolean pytree like ``params``; a kernel keeps the entries where it
-        is True (the values stored are ``params`` there, zeros included).
-      format: ``"bcoo"`` (:class:`jax.experimental.sparse.BCOO` of shape ``(in,
-        out)``), ``"bcsr"`` (:class:`jax.experimental.sparse.BCSR` of the
-        *transposed* kernel ``(out, in)``: row-wise products) or ``"gather"``
-        (:class:`GatherKernel`); default :data:`DEFAULT_FORMAT`, the fastest.
-
-    Returns:
-      ``params`` with every 2-D leaf replaced by its sparse form; other leaves
-      (biases, norms, conv kernels) unchanged and dense.
-
-    Raises:
-      ValueError: an unknown ``format``, or a mask that does not fit ``params``.
-    """
-    if format not in FORMATS:
-        raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
-    masks.validate(params, mask, name="mask")
-
-    def one(w, m):
-        if jnp.ndim(w) != 2:
-            return w
-        return _sparse_kernel(np.asarray(w), np.asarray(m, bool), format)
-
-    return jax.tree.map(one, params, mask)
-
-
-def to_bcoo(params: Params, mask: Mask) -> Params:
-    """:func:`to_sparse` with ``format="bcoo"``: every dense kernel as a
-    :class:`jax.experimental.sparse.BCOO` of shape ``(in, out)``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> p = {"Dense_0": {"kernel": jnp.array([[1.0, 2.0], [3.0, 4.0]]),
-      ...                  "bias": jnp.zeros(2)}}
-      >>> m = {"Dense_0": {"kernel": jnp.array([[True, False], [False, True]]),
-      ...                  "bias": jnp.ones(2, bool)}}
-      >>> k = to_bcoo(p, m)["Dense_0"]["kernel"]
-      >>> k.nse, k.todense().tolist()
-      (2, [[1.0, 0.0], [0.0, 4.0]])
-    """
-    return to_sparse(params, mask, format="bcoo")
-
-
-def _matmul(x: jax.Array, w: Any) -> jax.Array:
-    if isinstance(w, sparse.BCSR):
-        return (w @ x.T).T
-    if isinstance(w, GatherKernel):
-        return w.__rmatmul__(x)
-    return x @ w
-
-
-def _dense(p: dict[str, Any], x: jax.Array) -> jax.Array:
-    return _matmul(x, p["kernel"]) + p["bias"][None, :]
-
-
-def sparse_apply(module: nn.Module, sparse_params: Params, x: jax.Array) -> jax.Array:
-    """The forward pass of an MLP over :func:`to_sparse` params (any format, dense
-    kernels too): the outputs of ``module.apply({"params": masked_params}, x)``.
-
-    ``module`` is an ``MLP`` (``LeNet300``), ``MNIST1DMLP`` or ``ResMLP`` (its layer
-    norms stay dense). Jit it with the module static:
-    ``jax.jit(functools.partial(sparse_apply, module))``.
-
-    Args:
-      module: the model.
-      sparse_params: its params with sparse kernels.
-      x: inputs ``[batch, ...]`` (flattened).
-
-    Returns:
-      Logits ``[batch, num_classes]``.
-
-    Raises:
-      ValueError: a model other than the MLPs.
-    """
-    p = sparse_params
-    x = x.reshape(x.shape[0], -1)
-    if isinstance(module, MNIST1DMLP):
-        h = nn.relu(_dense(p["Dense_0"], x))
-        z = nn.relu(_dense(p["Dense_1"], h))
-        return _dense(p["output"], h + z if module.residual else z)
-    if isinstance(module, MLP):
-        for i in range(len(module.features)):
-            x = nn.relu(_dense(p[f"Dense_{i}"], x))
-        return _dense(p["output"], x)
-    if isinstance(module, ResMLP):
-        norm = nn.LayerNorm()
-        h = _dense(p["input"], x)
-        for i in range(module.blocks):
-            b = p[f"block_{i}"]
-            y = norm.apply({"params": b["norm"]}, h)
-            h = h + _dense(b["fc2"], nn.relu(_dense(b["fc1"], y)))
-        return _dense(p["output"], nn.relu(norm.apply({"params": p["norm"]}, h)))
-    raise ValueError(
-        f"model: sparse_apply runs MLP, LeNet300, MNIST1DMLP and ResMLP, not "
-        f"{type(module).__name__}"
-    )

@@ -37,10 +37,10 @@ __all__ = ["ExportConfig", "main"]
 
 _MANIFEST = ".manifest.json"
 _NAMES = {"MLP": "mlp", "LeNet300": "mlp", "MNIST1DMLP": "mnist1d_mlp",
-          "ResMLP": "resmlp", "LeNet5": "lenet5", "ConvNet": "conv2"}
+          "ResMLP": "resmlp", "LeNet5": "lenet5", "ConvNet": "conv2", "VGG": "vgg11"}
 _FIELDS = {"mlp": ("features",), "mnist1d_mlp": ("hidden", "residual"),
            "resmlp": ("blocks", "width", "hidden", "hiddens"), "lenet5": ("widths",),
-           "conv2": ("plan", "dense")}
+           "conv2": ("plan", "dense"), "vgg11": ("plan",)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,17 +194,19 @@ def main(config: ExportConfig) -> dict[str, Any]:
         raise ValueError(f"dir: {directory}/config.json names no model (run.model)")
     import jax
     import numpy as np
+    from jax.experimental.sparse import BCOO
 
     from lotto_jax import export, models
 
     module = models.build(model)
-    kinds = (export.MLP, export.MNIST1DMLP, export.ResMLP)
+    kinds = (models.MLP, models.MNIST1DMLP, models.ResMLP)
     if config.format == "bcoo" and not isinstance(module, kinds):
         raise ValueError(f"format: bcoo export covers the MLPs (mlp, lenet300, "
                          f"mnist1d_mlp, resmlp), not {model}")
     if config.format == "compact" and not isinstance(module, export._COMPACTABLE):
         raise ValueError(f"model: compact covers the unit topologies of mlp, lenet300, "
-                         f"mnist1d_mlp, resmlp, conv2/4/6 and lenet5, not {model}")
+                         f"mnist1d_mlp, resmlp, conv2/4/6, lenet5 and vgg11/16, not "
+                         f"{model}")
     prefix = _pick_unit(config, view)
     out = _check_out(config)
     params, mask, model_state = _ticket(config, view, prefix)
@@ -217,13 +219,13 @@ def main(config: ExportConfig) -> dict[str, Any]:
         c = export.compact(module, params, mask, model_state=model_state)
         name = _NAMES[type(c.module).__name__]
         kwargs = {f: getattr(c.module, f) for f in _FIELDS[name]}
-        tree = c.params
+        tree, model_state = c.params, c.model_state
         record.update(model=name, num_classes=c.module.num_classes,
                       model_kwargs=json.loads(json.dumps(kwargs, default=list)),
                       report=c.report)
     else:
         sp = export.to_bcoo(params, mask)
-        is_sp = lambda x: isinstance(x, export.sparse.BCOO)  # noqa: E731
+        is_sp = lambda x: isinstance(x, BCOO)  # noqa: E731
         tree = jax.tree.map(lambda x: {"data": x.data, "indices": x.indices}
                             if is_sp(x) else x, sp, is_leaf=is_sp)
         shapes = {}
@@ -234,7 +236,7 @@ def main(config: ExportConfig) -> dict[str, Any]:
         record.update(model=model, num_classes=module.num_classes, model_kwargs={},
                       shapes=shapes, report={"params_before": models.count_params(params),
                                              "kept_before": kept})
-    _write(out, tree, model_state if config.format == "bcoo" else {}, record)
+    _write(out, tree, model_state, record)
     rep = record["report"]
     after = rep.get("params_after", rep["kept_before"])
     print(f"lotto export: {prefix} of {directory} -> {out} ({config.format}): "
