@@ -26,10 +26,11 @@ DEFAULT_FORMAT = "bcsr"
 """The fastest format measured: BCSR of the transposed kernel.
 
 benchmarks/inference.py, LeNet-300-100 at 2 % (layerwise), jitted forward, speed-up
-over the dense network (median of 5 paired repeats; 2-core CPU at load 6-7,
-BENCHMARKS.md, 2026-12-01): batch 256: bcsr 8.5x, bcoo 1.6x, gather 0.95x (an
-earlier run: 4.1x, 1.8x, 1.25x); batch 1: bcsr 0.85x, bcoo 0.60x, gather 0.65x (all
-slower than dense: the call, not the arithmetic, costs the time)."""
+over the dense network, median of 5 paired repeats, three runs on the loaded 2-core
+CPU of BENCHMARKS.md (2026-12-01): batch 256: bcsr 2.8x / 8.5x / 4.1x, bcoo 1.8x /
+1.6x / 1.8x, gather 0.62x / 0.95x / 1.25x; batch 1: bcsr 1.01x / 0.85x / 1.64x, bcoo
+0.97x / 0.60x / 1.15x, gather 1.02x / 0.65x / 1.38x (at batch 1 the calls, not the
+arithmetic, cost the time)."""
 
 
 class GatherKernel(flax.struct.PyTreeNode):

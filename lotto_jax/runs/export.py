@@ -11,6 +11,8 @@ weights ⊙ mask, times the signs of the sign method), rebuilds the model from `
                    it). compact: the compacted network's params (nested dicts);
                    bcoo: every dense kernel as {"data": (nse,), "indices": (nse, 2)}
                    (the kept entries of W (in, out)), other leaves dense
+    model_state/   the other collections, when the model has any (VGG's
+                   batch_stats, sliced like its channels)
     export.json    format, model (a lotto_jax.models name and the keyword arguments
                    that build the network: models.build(model, **model_kwargs)),
                    the kernels' dense shapes (bcoo), the source (run, unit,
