@@ -399,8 +399,11 @@ _MULTI_DEVICE = textwrap.dedent("""
 
 def test_multi_device():
     env = dict(os.environ)
+    # LLVM at -O0 without its expensive passes: the script is nearly all compilation,
+    # and its checks (shardings, one device vs four under the same flags) are HLO-level
     env["XLA_FLAGS"] = (
         env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+        " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
