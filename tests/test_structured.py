@@ -425,6 +425,32 @@ def test_pai_sums_scores_per_unit_and_per_block():
             for i in range(3)]
     want = {f"block_{i}": i != int(np.argmin(sums)) for i in range(3)}  # keep round(1.5)=2
     assert {k: bool(v) for k, v in structured.kept_blocks(mask, topo).items()} == want
+    # lotto pai's table: a removed block is not a collapsed layer; an emptied kernel is
+    from lotto_jax.runs.pai import _collapsed
+
+    m = flat(structured.remove_blocks(masks.init(params), topo, ["block_1"]))
+    m["block_0/fc2/kernel"][:] = False
+    m = unflat(params, m)
+    assert "block_1/fc1/kernel" in pai.collapsed_layers(m)
+    assert _collapsed(m, topo) == ["block_0/fc2/kernel"]
+
+
+def test_nm_dispatch_keeps_n_of_every_m_inputs():
+    rng = np.random.default_rng(3)
+    params = {"a": {"kernel": jnp.asarray(rng.standard_normal((8, 3)), jnp.float32),
+                    "bias": jnp.zeros(3)},
+              "b": {"kernel": jnp.asarray(rng.standard_normal((4, 2)), jnp.float32)}}
+    s = jax.tree.map(jnp.abs, params)
+    for mask in (structured.prune_density("2:4", s, masks.init(params), 0.5),
+                 structured.prune_fraction("2:4", s, masks.init(params), 0.5)):
+        m, a = flat(mask), flat(s)
+        assert m["a/bias"].all()
+        for leaf in ("a/kernel", "b/kernel"):
+            groups = np.abs(a[leaf]).reshape(-1, 4, a[leaf].shape[1])  # (groups, 4, out)
+            top2 = np.argsort(-groups, axis=1, kind="stable")[:, :2, :]
+            want = np.zeros(groups.shape, bool)
+            np.put_along_axis(want, top2, True, axis=1)
+            np.testing.assert_array_equal(m[leaf], want.reshape(a[leaf].shape), err_msg=leaf)
 
 
 def test_imp_neuron_rounds_are_whole_units(tmp_path):

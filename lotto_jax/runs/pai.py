@@ -176,10 +176,22 @@ def _print_table(results: dict[str, Any]) -> None:
     Console(file=sys.stdout).print(table)
 
 
-def _variant_entry(control, replica_masks: list[Mask], fit: train.FitResult) -> dict[str, Any]:
+def _collapsed(mask: Mask, topology) -> list[str]:
+    """The collapsed layers, less those of residual blocks removed on purpose
+    (``--structure layer``: such a block is the identity, not a disconnection)."""
+    names = collapsed_layers(mask)
+    if topology is None or not topology.blocks:
+        return names
+    kept = structured.kept_blocks(mask, topology)
+    removed = {p for b in topology.blocks if not bool(kept[b.name]) for p in b.leaves}
+    return [n for n in names if n not in removed]
+
+
+def _variant_entry(control, replica_masks: list[Mask], fit: train.FitResult,
+                   topology=None) -> dict[str, Any]:
     """A variant's ``metrics.json`` (its results.json entry; lists over replicates
     when several)."""
-    collapsed = [collapsed_layers(m) for m in replica_masks]
+    collapsed = [_collapsed(m, topology) for m in replica_masks]
     layer = [_layer_densities(m) for m in replica_masks]
     entry: dict[str, Any] = {
         "control": control,
@@ -323,7 +335,7 @@ class _Variants:
     def metrics_fn(self, unit: Unit, fit: train.FitResult) -> dict[str, Any]:
         control = None if unit.name == self.c.method else unit.name
         host = jax.tree.map(np.asarray, unit.mask)
-        return _jsonable(_variant_entry(control, self._rows(host), fit))
+        return _jsonable(_variant_entry(control, self._rows(host), fit, self.topology))
 
 
 def main(config: PaiConfig) -> dict[str, Any]:
