@@ -158,6 +158,9 @@ def _main(config: ImpConfig, store: RunStore) -> ImpResult:
     input_shape = prep.dataset.input_shape
     n_rep = config.run.replicates
     topology = structured.topology_for(config.structure, prep.module, prep.params)
+    if structured.parse(config.structure).kind == "nm":  # a misfit fails before round 0
+        structured.prune_fraction(config.structure, prep.params, masks.init(prep.params),
+                                  0.0, prunable=prunable)
 
     def init_fn(key):
         variables = models.init(prep.module, key, input_shape)
