@@ -169,9 +169,12 @@ def _readme_main_job() -> tuple[list[str], list[str]]:
     return imp[1:], report[1:]
 
 
-def test_readme_main_job_cut_down_then_report(tmp_path_factory, tmp_path):
+def test_readme_main_job_cut_down_then_report(tmp_path, capsys):
     """``lotto imp --recipe mnist1d-lottery --out DIR && lotto report DIR`` as the
-    README writes it, with 1 round of 20 steps and 2 of the recipe's 3 replicates:
+    README writes it, through the entry point's function in this process (no
+    interpreter start, MNIST-1D generated once per worker; the installed script
+    itself is run by the kill tests above), with 1 round of 20 steps and 2 of the
+    recipe's 3 replicates:
     the report's figures exist; its table shows the stored metrics (the density
     counted from the stored mask; per-replicate accuracies as mean ± std, for two
     replicates (a+b)/2 ± |a-b|/2 by hand); the headline figure draws the trunk's
@@ -179,18 +182,17 @@ def test_readme_main_job_cut_down_then_report(tmp_path_factory, tmp_path):
     (This is also the real replicated run of tests/test_report.py.)"""
     from test_report import _band_label, _band_limits
 
-    from lotto_jax.runs import report
+    from lotto_jax.runs import cli, report
 
     imp_args, report_args = _readme_main_job()
     out = imp_args[imp_args.index("--out") + 1]
     assert report_args == ["report", out]
     d = str(tmp_path / "mnist1d")
-    cache = shared_base(tmp_path_factory) / "xla_cache"
     short = ["--rounds", "1", "--steps", "20", "--eval-every", "10", "--replicates", "2"]
-    p = lotto([a if a != out else d for a in imp_args] + short, cache_dir=cache)
-    assert_ok(p)
-    p = lotto(["report", d], cache_dir=cache)
-    assert_ok(p)
+    assert cli.main([a if a != out else d for a in imp_args] + short) == 0
+    capsys.readouterr()
+    assert cli.main(["report", d]) == 0
+    stdout = capsys.readouterr().out
     for name in ("lottery.png", "accuracy.png", "best_accuracy.png", "curves.png"):
         assert (tmp_path / "mnist1d" / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     runs = tmp_path / "mnist1d"
@@ -212,8 +214,8 @@ def test_readme_main_job_cut_down_then_report(tmp_path_factory, tmp_path):
         x, y = 100 * values[0], 100 * values[1]
         return f"{(x + y) / 2:.2f} ± {abs(x - y) / 2:.2f}"
 
-    table = [line for line in p.stdout.splitlines() if re.match(r"^\W*[01]\W", line)]
-    assert len(table) == 2, p.stdout
+    table = [line for line in stdout.splitlines() if re.match(r"^\W*[01]\W", line)]
+    assert len(table) == 2, stdout
     for r, row in enumerate(table):
         cells = [c.strip() for c in re.split(r"[│┃]", row) if c.strip()]
         assert cells[0] == str(r)
