@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lotto_jax import data, masks, models, pai, structured
+from lotto_jax import data, masks, models, pai, structured, train
 from lotto_jax._topology import topology
 
 
@@ -163,8 +163,8 @@ def test_vgg_channels_with_batchnorm_by_hand():
     # the normalised output of a removed channel is exactly 0, in both BN modes
     x = jax.random.normal(jax.random.key(4), (3, 8, 8, 3))
     variables = {"params": masked(params, mask), "batch_stats": stats}
-    for train in (False, True):
-        _, inter = applier(module, train)(variables, x)
+    for batch_stats in (False, True):
+        _, inter = applier(module, batch_stats)(variables, x)
         for bn, u in (("BatchNorm_0", u0), ("BatchNorm_1", u1)):
             y = np.asarray(inter[bn]["__call__"][0])
             np.testing.assert_array_equal(y[..., ~u], 0.0)
@@ -377,8 +377,8 @@ def test_resnet_identity_block_removed_leaves_the_identity_path():
     mask = structured.remove_blocks(masks.init(params), topo, ["block0_0"])
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
     v = {"params": masked(params, mask), "batch_stats": variables["batch_stats"]}
-    for train in (False, True):
-        _, inter = applier(module, train)(v, x)
+    for batch_stats in (False, True):
+        _, inter = applier(module, batch_stats)(v, x)
         stem = np.maximum(np.asarray(inter["bn"]["__call__"][0]), 0)
         out = np.asarray(inter["block0_0"]["__call__"][0])
         np.testing.assert_array_equal(out, stem)
@@ -465,12 +465,18 @@ def test_imp_neuron_rounds_are_whole_units(tmp_path):
     split = [data.Split(x[i:j], y[i:j]) for i, j in ((0, 512), (512, 640), (640, 768))]
     dataset = data.Dataset("synthetic", *split, input_shape=(40,), num_classes=10,
                            normalization={"mean": [0.0], "std": [1.0]})
-    dataset, module, params0, trainer, init_fn = tiny.setup(dataset)
+    # tests/_imp_run.py's problem (MLP 40-32-10, 30 steps of Adam); θ0 drawn by numpy
+    # (models.init would compile)
+    module = models.build("mlp", features=(32,))
+    params0 = jax.tree.map(lambda x: x / 4, random_params(module, (40,)))
+    config = train.TrainConfig(steps=tiny.STEPS, eval_every=tiny.EVAL_EVERY, batch_size=32,
+                               optimizer="adam", lr=1e-2, schedule="cosine")
+    trainer = train.make_trainer(train.classifier(module), config, num_train=512)
     topo = topology(module, params0)
     result = imp_run.run_imp(
         trainer, params0, {}, dataset, rounds=2, fraction=0.2, scope="layerwise",
         controls=(), data_key=jax.random.key(1), key=jax.random.key(2),
-        store=str(tmp_path / "run"), init_fn=init_fn, progress=False,
+        store=str(tmp_path / "run"), progress=False,
         structure="neuron", topology=topo,
     )
     full = masks.init(params0)
