@@ -163,8 +163,8 @@ def test_vgg_channels_with_batchnorm_by_hand():
     # the normalised output of a removed channel is exactly 0, in both BN modes
     x = jax.random.normal(jax.random.key(4), (3, 8, 8, 3))
     variables = {"params": masked(params, mask), "batch_stats": stats}
-    for batch_stats in (False, True):
-        _, inter = applier(module, batch_stats)(variables, x)
+    for training in (False, True):
+        _, inter = applier(module, training)(variables, x)
         for bn, u in (("BatchNorm_0", u0), ("BatchNorm_1", u1)):
             y = np.asarray(inter[bn]["__call__"][0])
             np.testing.assert_array_equal(y[..., ~u], 0.0)
@@ -377,8 +377,8 @@ def test_resnet_identity_block_removed_leaves_the_identity_path():
     mask = structured.remove_blocks(masks.init(params), topo, ["block0_0"])
     x = jax.random.normal(jax.random.key(2), (2, 8, 8, 3))
     v = {"params": masked(params, mask), "batch_stats": variables["batch_stats"]}
-    for batch_stats in (False, True):
-        _, inter = applier(module, batch_stats)(v, x)
+    for training in (False, True):
+        _, inter = applier(module, training)(v, x)
         stem = np.maximum(np.asarray(inter["bn"]["__call__"][0]), 0)
         out = np.asarray(inter["block0_0"]["__call__"][0])
         np.testing.assert_array_equal(out, stem)
