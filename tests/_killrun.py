@@ -36,8 +36,13 @@ def xla_cache_env(cache_dir) -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def lotto(args, *, cache_dir, kill_after=None, kill_in=None, timeout=600):
-    """Runs ``lotto ARGS``; returns the CompletedProcess (stdout, stderr as text)."""
+def lotto(args, *, cache_dir, kill_after=None, kill_in=None, timeout=600,
+          in_process=False):
+    """Runs ``lotto ARGS``; returns the CompletedProcess (stdout, stderr as text).
+    ``in_process``: through :func:`here` instead (a run that is not killed)."""
+    if in_process:
+        assert not (kill_after or kill_in)
+        return here(args)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **xla_cache_env(cache_dir)}
     env.pop("LOTTO_KILL_AFTER", None)
     env.pop("LOTTO_KILL_IN", None)
@@ -47,6 +52,25 @@ def lotto(args, *, cache_dir, kill_after=None, kill_in=None, timeout=600):
         env["LOTTO_KILL_IN"] = kill_in
     return subprocess.run([LOTTO, *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
+
+
+def here(args):
+    """Runs ``lotto ARGS`` through the entry point's function in this process (no
+    kill: for the uninterrupted reference runs, which need no interpreter, JAX and
+    lotto import of their own); returns a CompletedProcess like :func:`lotto`'s.
+    The programs are the subprocesses' (the same persistent XLA cache and matmul
+    precision: tests/conftest.py)."""
+    import contextlib
+    import io
+
+    from lotto_jax.runs import cli
+
+    assert not {"LOTTO_KILL_AFTER", "LOTTO_KILL_IN"} & set(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(["lotto", *map(str, args)], status,
+                                       out.getvalue(), err.getvalue())
 
 
 def assert_killed(proc):

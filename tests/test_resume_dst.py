@@ -62,7 +62,7 @@ def reference(env, tmp_path_factory):
     """The uninterrupted run A."""
     run, _ = env
     d = tmp_path_factory.mktemp("dst_ref") / "a"
-    p = run(d)
+    p = run(d, in_process=True)
     assert_ok(p)
     assert decisions(p) == ["dst: training from step 0"]
     return d

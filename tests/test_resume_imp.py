@@ -59,7 +59,7 @@ def reference(run, tmp_path_factory):
     """The uninterrupted run A (made once for the session's workers)."""
 
     def make(d):
-        p = run(d)
+        p = run(d, in_process=True)
         assert_ok(p)
         assert decisions(p) == [
             "round_000: training from step 0", "round_001: training from step 0",

@@ -65,7 +65,7 @@ def reference(env, tmp_path_factory):
     run, _ = env
 
     def make(d):
-        r = run(d)
+        r = run(d, in_process=True)
         assert_ok(r)
         assert decisions(r) == [f"{STACK}: training from step 0"]  # one stack
 

@@ -55,7 +55,7 @@ def run(tmp_path_factory):
 def reference(run, tmp_path_factory):
     """The uninterrupted run A (made once for the session's workers)."""
     return made_once(shared_base(tmp_path_factory), "supermask_ref",
-                     lambda d: assert_ok(run(d)))
+                     lambda d: assert_ok(run(d, in_process=True)))
 
 
 def _lines(proc) -> list[str]:

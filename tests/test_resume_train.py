@@ -61,7 +61,7 @@ def reference(env, tmp_path_factory):
     workers)."""
     run, _ = env
     return made_once(shared_base(tmp_path_factory), "train_ref",
-                     lambda d: assert_ok(run(d, *REPLICATES)))
+                     lambda d: assert_ok(run(d, *REPLICATES, in_process=True)))
 
 
 def decisions(proc):
