@@ -154,7 +154,7 @@ def test_repair_of_a_corrupt_checkpoint_and_final(env, reference, killed_after_f
     assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr
     assert "SHA-256" in errors[0] and "--repair" in errors[0] and str(d / "dst") in errors[0]
 
-    p = run(d, "--repair")
+    p = run(d, "--repair", in_process=True)
     assert_ok(p)
     out = p.stdout.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("repair: "))

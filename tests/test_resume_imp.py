@@ -111,7 +111,7 @@ def test_killed_in_the_trunk_in_a_controls_write_and_before_the_markers(
                                 f"{stack(1)}: training from step 0"]
     assert not list(d.glob("controls/*/round_002/metrics.json"))
     # 3. nothing trains: the controls are completed from their stored finals
-    p = run(d)
+    p = run(d, in_process=True)
     assert_ok(p)
     assert decisions(p) == [
         "round_000: finished, kept", "round_001: finished, kept",
@@ -149,7 +149,7 @@ def test_repair_of_a_corrupt_checkpoint_and_a_finished_rounds_final(
     assert str(ckpt) in errors[0] and "SHA-256" in errors[0] and "--repair" in errors[0]
     assert not (d / ".lock").exists()  # released on the error
 
-    p = run(d, "--repair")
+    p = run(d, "--repair", in_process=True)
     assert_ok(p)
     listed = p.stdout.split("IMP:")[0].splitlines()
     assert re.match(r"repair: .*: discarding 2 ", listed[0]), listed

@@ -111,7 +111,7 @@ def test_killed_at_every_stage_ends_as_the_uninterrupted_run(env, reference, tmp
     assert "variants/snip/final" in items(d) and "variants/shuffle/final" not in items(d)
     assert not any(os.path.exists(d / "variants" / v / "metrics.json") for v in VARIANTS)
 
-    r = run(d)  # one final is not a finished stack: all three train on together
+    r = run(d, in_process=True)  # one final is not a finished stack: all three train on together
     assert_ok(r)
     assert decisions(r) == [f"{STACK}: training from step 30"]
     assert_same_run(str(reference), str(d))
@@ -122,7 +122,7 @@ def test_a_control_added_to_a_finished_run_trains_alone(env, reference, tmp_path
     run, _ = env
     d = tmp_path / "c"
     shutil.copytree(reference, d)
-    r = run(d, controls=(*VARIANTS[1:], "invert"))
+    r = run(d, controls=(*VARIANTS[1:], "invert"), in_process=True)
     assert_ok(r)
     assert decisions(r) == [*(f"variants/{v}: finished, kept" for v in VARIANTS),
                                "variants/invert: training from step 0"]

@@ -96,13 +96,13 @@ def test_killed_at_each_stage_in_turn_ends_as_the_uninterrupted_run(run, referen
     assert items(d) == ["export/mask", "search/final", "search/init"]
     assert (d / "search/metrics.json").exists() and not (d / "results.json").exists()
 
-    proc = run(d)
+    proc = run(d, in_process=True)  # no kill: no subprocess needed
     assert_ok(proc)
     assert _lines(proc) == ["search: finished, kept"]
     assert_same_run(reference, d)
 
     before = {p: os.stat(p).st_mtime_ns for p in d.rglob("*")}
-    proc = run(d)
+    proc = run(d, in_process=True)
     assert_ok(proc)
     assert _lines(proc) == ["search: finished, kept"]
     assert {p: os.stat(p).st_mtime_ns for p in d.rglob("*")} == before
@@ -118,7 +118,7 @@ def test_repair_recomputes_a_corrupt_search(run, reference, tmp_path):
                   if p.is_file() and p.parent.name == "d")
     with open(data[0], "r+b") as f:
         f.truncate(3)
-    proc = run(d, "--repair")
+    proc = run(d, "--repair", in_process=True)
     assert_ok(proc)
     out = proc.stdout.splitlines()
     head = next(i for i, line in enumerate(out) if line.startswith("repair: "))

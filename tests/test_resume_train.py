@@ -101,7 +101,7 @@ def test_killed_three_times_ends_as_the_uninterrupted_run(env, reference, tmp_pa
     assert decisions(p) == ["train: training from step 20"]
     assert not (d / "train" / "metrics.json").exists() and not (d / "results.json").exists()
     # 4. nothing trains: the stored final's curve completes the unit
-    p = run(d, *REPLICATES)
+    p = run(d, *REPLICATES, in_process=True)
     assert_ok(p)
     assert decisions(p) == ["train: completed from its stored final"]
     assert_same_run(reference, d)
