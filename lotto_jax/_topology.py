@@ -18,6 +18,7 @@ Paths are :func:`lotto_jax.masks.path_str` strings of the *params* tree
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -96,7 +97,7 @@ def _chain(flat, layers: list[str], norms: Mapping[str, str] | None = None) -> l
     (a conv feeding a dense layer through NHWC flattening, or a global pool)."""
     norms = norms or {}
     groups = []
-    for this, nxt in zip(layers[:-1], layers[1:], strict=True):
+    for this, nxt in itertools.pairwise(layers):
         k = _shape_of(flat, f"{this}/kernel")
         c = k[-1]
         extra = tuple(f"{norms[this]}/{leaf}" for leaf in ("scale", "bias")) if this in norms else ()
