@@ -79,6 +79,8 @@ __all__ = [
     "nm_exchange",
     "nm_mask",
     "nm_rigl",
+    "nm_set",
+    "nm_static",
     "srste_grad",
     "srste_mask",
     "srste_value_and_grad",
@@ -327,11 +329,61 @@ def nm_rigl(n: int, m: int, *, end: int, drop_fraction: float = 0.3,
       Evci et al. 2020, "Rigging the Lottery", arXiv:1911.11134; Zhou et al. 2021,
       arXiv:2102.04010.
     """
+    return _nm_updater("nm_rigl", n, m, end=end, drop_fraction=drop_fraction,
+                       update_every=update_every, prunable=prunable,
+                       grow=lambda params, grads, key: jax.tree.map(jnp.abs, grads))
+
+
+def nm_set(n: int, m: int, *, end: int, drop_fraction: float = 0.3,
+           update_every: int = 100, prunable: Prunable = masks.default_prunable) -> Updater:
+    """SET inside N:M groups: :func:`nm_rigl` with the grown weights drawn uniformly
+    at random among each group's free positions (Mocanu et al. 2018) instead of by
+    |gradient|; the same cosine-decayed fraction, exactly ``n`` per group.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> u = nm_set(1, 4, end=100, update_every=10, drop_fraction=1.0)
+      >>> p = {"w": jnp.arange(8.0).reshape(8, 1)}
+      >>> k = u.initial_mask(p, jax.random.key(0))
+      >>> new, _ = u.update(p, k, None, 10, u.init(p, jax.random.key(0)))
+      >>> is_nm(new, n=1, m=4), int(new["w"].sum())
+      (True, 2)
+    """
+    def grow(params, grads, key):
+        del grads
+        leaves, treedef = jax.tree.flatten(params)
+        keys = jax.random.split(key, len(leaves))
+        return jax.tree.unflatten(treedef, [jax.random.uniform(k, jnp.shape(x))
+                                            for k, x in zip(keys, leaves, strict=True)])
+
+    return _nm_updater("nm_set", n, m, end=end, drop_fraction=drop_fraction,
+                       update_every=update_every, prunable=prunable, grow=grow)
+
+
+def nm_static(n: int, m: int, *, prunable: Prunable = masks.default_prunable) -> Updater:
+    """A random N:M mask (``n`` of every group of ``m`` drawn with the updater's key)
+    that never changes: the N:M baseline of DST.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> u = nm_static(2, 4)
+      >>> k = u.initial_mask({"w": jnp.ones((8, 3))}, jax.random.key(0))
+      >>> is_nm(k, n=2, m=4), int(k["w"].sum()), bool(u.fires(100))
+      (True, 12, False)
+    """
+    return _nm_updater("nm_static", n, m, end=None, drop_fraction=0.0, update_every=1,
+                       prunable=prunable, grow=None)
+
+
+def _nm_updater(name, n, m, *, end, drop_fraction, update_every, prunable, grow):
+    """The N:M updaters: a random N:M start; with ``grow`` (``(params, grads, key)
+    -> scores``), :func:`nm_exchange` every ``update_every`` steps up to ``end``."""
     _check_nm(n, m)
-    _check_step("end", end, low=1)
-    _check_every(update_every)
-    prune._check_fraction("drop_fraction", drop_fraction, low_open=False, high_open=False,
-                          low=0, high=1)
+    if grow is not None:
+        _check_step("end", end, low=1)
+        _check_every(update_every)
+        prune._check_fraction("drop_fraction", drop_fraction, low_open=False,
+                              high_open=False, low=0, high=1)
 
     def init(params, key):
         _items(params, masks.init(params, prunable), n, m, prunable)
@@ -345,10 +397,14 @@ def nm_rigl(n: int, m: int, *, end: int, drop_fraction: float = 0.3,
                        n=n, m=m, prunable=prunable)
 
     def update(params, mask, grads, step, state):
+        if grow is None:
+            return mask, state
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), step)
         f = cosine_fraction(step, initial=drop_fraction, end=end)
-        new = nm_exchange(params, mask, jax.tree.map(jnp.abs, grads), f, n=n, m=m,
-                          prunable=prunable)
+        new = nm_exchange(params, mask, grow(params, grads, key), f, n=n, m=m, prunable=prunable)
         return new, state._replace(count=state.count + 1)
 
-    return Updater(init=init, update=update, fires=_every(update_every, 0, end),
-                   initial_mask=initial_mask, name="nm_rigl", end=end, uses_grads=True)
+    fires = (lambda step: jnp.zeros((), bool)) if grow is None else _every(update_every, 0, end)
+    return Updater(init=init, update=update, fires=fires, initial_mask=initial_mask,
+                   name=name, end=0 if grow is None else end,
+                   uses_grads=name == "nm_rigl")

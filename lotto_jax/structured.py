@@ -62,6 +62,7 @@ __all__ = [
     "Structure",
     "block_scores",
     "by_fraction",
+    "dst_updater",
     "empty_groups",
     "expand",
     "kept_blocks",
@@ -234,3 +235,77 @@ def prune_density(
     if st.kind == "layer":
         return prune_blocks(scores, mask, topology, density=density)
     return to_density(scores, mask, density, topology=topology, scope=scope, norm=norm)
+
+
+def dst_updater(structure: str | Structure, method: str, density: float | None = None, *,
+                topology: Topology | None = None, **kwargs: Any):
+    """The :class:`lotto_jax.dst.Updater` of a DST ``method`` under a structure.
+
+    * ``"weight"``: :func:`lotto_jax.dst.make` (every method; ``density`` required).
+    * ``"neuron"`` / ``"channel"`` / ``"layer"``: ``static`` or ``gmp`` over whole
+      units or blocks (:func:`lotto_jax._dst_structured.structured_updater`;
+      ``density`` = the fraction of units per group, or of blocks, kept). The
+      growing methods are refused: a grown unit starts at 0 and never trains.
+    * ``"N:M"``: ``static`` (a random N:M mask), ``set`` or ``rigl`` exchanging
+      weights inside every group (:func:`lotto_jax._nm.nm_set`,
+      :func:`lotto_jax._nm.nm_rigl`); the density is ``N / M`` (``density`` must be
+      ``None`` or equal to it); ``gmp`` and ``granet`` change the density and are
+      refused.
+
+    Args:
+      structure: a name for :func:`parse`.
+      method: a key of :data:`lotto_jax.dst.METHODS`.
+      density: the target density (see above).
+      topology: the model's topology (:func:`topology_for`), for units and blocks.
+      **kwargs: the method's other arguments (``end``, ``update_every``,
+        ``drop_fraction``, ``start``, ``initial_density``, ``scope``,
+        ``distribution``, ``prunable`` ...), as the chosen builder takes them.
+
+    Returns:
+      The updater, for :func:`lotto_jax.train.make_trainer`'s ``updater=``.
+
+    Raises:
+      ValueError: naming ``structure``, ``method``, ``density``, ``topology`` or a
+        builder's argument.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> u = dst_updater("2:4", "rigl", end=100, update_every=10)
+      >>> k = u.initial_mask({"w": jnp.ones((8, 3))}, jax.random.key(0))
+      >>> u.name, int(k["w"].sum())
+      ('nm_rigl', 12)
+    """
+    from lotto_jax import dst
+
+    st = parse(structure)
+    if method not in dst.METHODS:
+        raise ValueError(f"method: expected one of {list(dst.METHODS)}, got {method!r}")
+    if st.kind == "weight":
+        if density is None:
+            raise ValueError("density: the weight structure needs a target density")
+        return dst.make(method, density=density, **kwargs)
+    if st.kind == "nm":
+        return _nm_updater(st, method, density, kwargs)
+    from lotto_jax._dst_structured import check_method, structured_updater
+
+    check_method(method)  # the reason, before the topology is asked for
+    if topology is None:
+        raise ValueError(f"topology: structure {st.kind!r} needs the model's topology")
+    if density is None:
+        raise ValueError(f"density: structure {st.kind!r} needs a target density")
+
+    level = "block" if st.kind == "layer" else "unit"
+    return structured_updater(method, density, topology=topology, level=level, **kwargs)
+
+
+def _nm_updater(st: Structure, method: str, density, kwargs):
+    nm = _nm()
+    if density is not None and abs(density - st.n / st.m) > 1e-9:
+        raise ValueError(f"density: the {st.n}:{st.m} mask keeps {st.n}/{st.m} = "
+                         f"{st.n / st.m:g} of the weights; got density={density!r} (omit it)")
+    if method == "static":
+        return nm.nm_static(st.n, st.m, **kwargs)
+    if method in ("set", "rigl"):
+        return (nm.nm_set if method == "set" else nm.nm_rigl)(st.n, st.m, **kwargs)
+    raise ValueError(f"method: {method!r} changes the density, which N:M fixes at "
+                     f"{st.n}/{st.m}; use static, set or rigl")

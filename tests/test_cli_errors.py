@@ -184,6 +184,15 @@ DST_BAD = [
     (["--method", "gmp", "--scope", "global", "--dense", "Dense_0"],
      ["--dense", "--scope layerwise"]),
     (["--groups", "module"], ["--groups", "'leaf' or 'layer'", "'module'"]),
+    (["--structure", "neuron", "--method", "rigl"], ["--method", "'rigl'", "grown unit"]),
+    (["--structure", "2:4", "--density", "0.3"], ["--density", "2:4", "0.5"]),
+    (["--structure", "2:4", "--method", "gmp"], ["--method", "'gmp'", "2/4"]),
+    (["--structure", "3:7", "--method", "static"], ["--structure", "'3:7'", "does not divide"]),
+    (["--structure", "layer", "--method", "static"], ["--structure", "'layer'", "MLP"]),
+    (["--structure", "neuron", "--groups", "layer"], ["--groups", "weight only"]),
+    (["--structure", "neuron", "--method", "gmp", "--density", "0.001"],
+     ["--density", "units)", "would keep no unit"]),
+    (["--structure", "4:2"], ["--structure", "N < M"]),
 ]
 
 

@@ -122,6 +122,23 @@ def test_config_diff_nested_and_ignore():
     assert config_diff(old, new, ignore=("a",)) == ['d: "x" -> "y"']
 
 
+def test_a_field_added_at_its_default_does_not_refuse_an_older_run(tmp_path):
+    """A config written before ``structure`` existed resumes under the new class
+    when the new field is at its default, and is refused when it is not."""
+    old = {"run": {"lr": 0.1}, "method": "rigl"}
+    defaults = {"run": {"lr": 0.5, "seed": 0}, "method": "rigl", "structure": "weight"}
+    same = {"run": {"lr": 0.1, "seed": 0}, "method": "rigl", "structure": "weight"}
+    assert config_diff(old, same, defaults=defaults) == []
+    assert config_diff(old, {**same, "structure": "neuron"}, defaults=defaults) == [
+        'structure: <absent> -> "neuron"']
+    assert config_diff(old, {**same, "run": {"lr": 0.2, "seed": 0}}, defaults=defaults) == [
+        "run.lr: 0.1 -> 0.2"]
+    RunStore.open(str(tmp_path / "run"), old).close()
+    RunStore.open(str(tmp_path / "run"), same, defaults=defaults).close()  # resumes
+    with pytest.raises(ConfigMismatchError, match="structure"):
+        RunStore.open(str(tmp_path / "run"), {**same, "structure": "2:4"}, defaults=defaults)
+
+
 @pytest.mark.parametrize("damage", ["garble", "truncate", "delete", "extra", "manifest"])
 def test_corrupt_checkpoint_is_detected(tmp_path, damage):
     store = RunStore.open(str(tmp_path / "run"), CONFIG)

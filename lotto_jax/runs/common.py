@@ -228,6 +228,16 @@ def write_config(config: Any, directory: str) -> str:
     return path
 
 
+def _defaults(config: Any) -> dict[str, Any]:
+    """The resolved config of ``type(config)()``: every field at its default (so a
+    field added to a command after a run was written does not refuse its resume);
+    empty for a config without a default for every field."""
+    try:
+        return config_to_dict(type(config)())
+    except (TypeError, ValueError):
+        return {}
+
+
 def run_in_store(config: Any, mutable: tuple[str, ...], body: Any) -> Any:
     """Runs ``body(store)`` in ``config.out`` as its one writer: every command's frame.
 
@@ -241,7 +251,8 @@ def run_in_store(config: Any, mutable: tuple[str, ...], body: Any) -> Any:
     from lotto_jax.runs.store import CorruptCheckpointError, RunStore
 
     store = RunStore.open(config.out, config_to_dict(config), overwrite=config.overwrite,
-                          new_dir=config.new_dir, mutable=mutable)
+                          new_dir=config.new_dir, mutable=mutable,
+                          defaults=_defaults(config))
     try:
         if config.repair:
             repair.repair(store, echo=print)

@@ -69,6 +69,14 @@ class DstConfig(RunOptions):
       groups: the pruning groups (:func:`lotto_jax.masks.group_name`): ``leaf``
         (each kernel on its own) or ``layer`` (a module's kernel and bias pooled:
         biases then take part, at their layer's density).
+      structure: ``weight`` (the default: every method); ``neuron`` / ``channel``
+        (``static`` or ``gmp`` over whole units: density = the fraction of each
+        layer's units kept, ranked by the L2 norm of their kernel slices; the
+        output layer stays dense), ``layer`` (``static`` or ``gmp`` over residual
+        blocks: density = the fraction of blocks kept) or ``N:M`` like ``2:4``
+        (``static``, ``set`` or ``rigl`` exchanging weights inside each group; the
+        density is N/M: leave ``density`` at its default). See
+        :func:`lotto_jax.structured.dst_updater`.
       out: the run directory (layout in the module docs).
     """
 
@@ -84,6 +92,7 @@ class DstConfig(RunOptions):
     scope: str | None = None
     dense: tuple[str, ...] = ()
     groups: str = "leaf"
+    structure: str = "weight"
     out: str = dataclasses.field(default="runs/dst", kw_only=True)
 
     def __post_init__(self):
@@ -107,14 +116,17 @@ def _dense_error(e: ValueError) -> ValueError:
     return ValueError(f"dense:{rest}") if sep and head == "overrides" else e
 
 
-def updater(config: DstConfig):
-    """The :class:`lotto_jax.dst.Updater` of ``config``.
+def updater(config: DstConfig, topology=None):
+    """The :class:`lotto_jax.dst.Updater` of ``config``; a unit or block structure
+    needs the model's ``topology`` (without it, only the hyperparameters are
+    checked and ``None`` is returned).
 
     Raises:
       ValueError: a bad hyperparameter, named as its field (the flag).
     """
-    from lotto_jax import dst
+    from lotto_jax import dst, structured
 
+    st = structured.parse(config.structure)
     if config.method not in dst.METHODS:
         raise ValueError(f"method: expected one of {list(dst.METHODS)}, got {config.method!r}")
     if config.groups not in ("leaf", "layer"):
@@ -123,10 +135,45 @@ def updater(config: DstConfig):
             and _scope(config) == "global"):
         raise ValueError(f"dense: layers kept dense need --scope layerwise ({config.method}'s "
                          "global ranking has no per-layer targets)")
+    if st.kind != "weight":
+        return _structured(config, st, topology)
     try:
         return _updater(config, dst)
     except ValueError as e:
         raise _dense_error(e) from None
+
+
+_NM_DENSITY = 0.1  # DstConfig.density's default: the flag was left alone
+
+
+def _structured(config: DstConfig, st, topology):
+    """The updater of a ``neuron`` / ``channel`` / ``layer`` / ``N:M`` run."""
+    from lotto_jax import structured
+
+    for name, value, default in (("dense", config.dense, ()), ("groups", config.groups,
+                                                                "leaf")):
+        if value != default:
+            raise ValueError(f"{name}: applies to --structure weight only, got {value!r} "
+                             f"with structure {config.structure!r}")
+    drop = _DEFAULT_DROP[config.method] if config.drop_fraction is None else config.drop_fraction
+    end = _end(config)
+    if st.kind == "nm":
+        density = None if config.density == _NM_DENSITY else config.density
+        kw = {} if config.method == "static" else dict(
+            end=end, drop_fraction=drop, update_every=config.update_every)
+        return structured.dst_updater(st, config.method, density, **kw)
+    if config.method not in ("static", "gmp"):
+        structured.dst_updater(st, config.method, config.density)  # names the reason
+    kw = dict(distribution=config.distribution) if st.kind != "layer" else {}
+    if config.method == "gmp":
+        kw.update(end=end, start=config.start, update_every=config.update_every,
+                  initial_density=config.initial_density)
+        if st.kind != "layer":
+            kw["scope"] = _scope(config)
+    if topology is None:
+        return None
+    return structured.dst_updater(st, config.method, config.density, topology=topology,
+                                  **kw)
 
 
 def _scope(config: DstConfig) -> str:
@@ -184,20 +231,23 @@ def check_layers(config: DstConfig, params) -> None:
             raise _dense_error(e) from None
 
 
-def schedule(config: DstConfig) -> list[dict[str, float]]:
-    """``[{"step", "density", "drop_fraction"}]`` at every update step: the
-    method's planned density (GMP, GraNet; else the target) and exchanged
-    fraction (SET, RigL, GraNet; else 0), from the closed forms."""
+def schedule(config: DstConfig, u=None) -> list[dict[str, float]]:
+    """``[{"step", "density", "drop_fraction"}]`` at every update step of
+    updater ``u`` (default: ``updater(config)``): the method's planned density
+    (GMP, GraNet; else the target; of units or blocks for those structures, N/M
+    for N:M) and exchanged fraction (SET, RigL, GraNet; else 0), from the closed
+    forms."""
     import jax.numpy as jnp
     import numpy as np
 
     from lotto_jax import dst
 
-    u, steps, end = updater(config), config.run.train.steps, _end(config)
+    u = updater(config) if u is None else u
+    steps, end = config.run.train.steps, _end(config)
     drop = _DEFAULT_DROP[config.method] if config.drop_fraction is None else config.drop_fraction
     s = jnp.arange(1, steps + 1)
     at = np.flatnonzero(np.asarray(u.fires(s)))
-    density = np.full(steps, config.density)
+    density = np.full(steps, target_density(config))
     frac = np.zeros(steps)
     if config.method in ("gmp", "granet"):
         density = np.asarray(dst.gmp_density(s, initial=config.initial_density,
@@ -229,9 +279,51 @@ def main(config: DstConfig) -> Any:
     from lotto_jax.runs import common
 
     prep = common.prepare(config.run)
-    check_layers(config, prep.params)  # before the run directory is written
+    if structured_kind(config) == "weight":
+        check_layers(config, prep.params)  # before the run directory is written
+    else:
+        _check_structure(config, prep)
     return common.run_in_store(config, MUTABLE_FIELDS,
                                lambda store: _main(config, store, prep))
+
+
+def target_density(config: DstConfig) -> float:
+    """The run's final density: of the prunable weights, of each layer's units
+    (``neuron``, ``channel``), of the blocks (``layer``), or N/M."""
+    from lotto_jax import structured
+
+    st = structured.parse(config.structure)
+    return st.n / st.m if st.kind == "nm" else config.density
+
+
+def structured_kind(config: DstConfig) -> str:
+    """``weight``, ``neuron``, ``channel``, ``layer`` or ``nm``."""
+    from lotto_jax import structured
+
+    return structured.parse(config.structure).kind
+
+
+def _topology(config: DstConfig, prep):
+    from lotto_jax import structured
+
+    return structured.topology_for(config.structure, prep.module, prep.params)
+
+
+def _check_structure(config: DstConfig, prep) -> None:
+    """Builds the structured updater on the model and draws one start mask, so a
+    misfit (a leaf N:M cannot group, a layer left without units) fails before the
+    run directory is written."""
+    import jax
+
+    u = updater(config, _topology(config, prep))
+    try:
+        u.init(prep.params, jax.random.key(0))  # every group keeps a unit at the densities
+        u.initial_mask(prep.params, jax.random.key(0))
+    except ValueError as e:
+        head, sep, rest = str(e).partition(":")
+        if sep and head in ("n", "m", "prunable"):  # the N:M misfit of a leaf
+            raise ValueError(f"structure: {config.structure!r}:{rest}") from None
+        raise
 
 
 def _start(config: DstConfig, prep):
@@ -256,7 +348,7 @@ def _main(config: DstConfig, store, prep) -> Any:
     from lotto_jax.runs.records import layer_counts
     from lotto_jax.runs.writer import Clock, WriteBehind
 
-    u = updater(config)
+    u = updater(config, _topology(config, prep))
     trainer = train.make_trainer(
         train.classifier(prep.module), config.run.train,
         num_train=prep.dataset.train.x.shape[0], mesh=prep.mesh, updater=u)
@@ -293,14 +385,15 @@ def _main(config: DstConfig, store, prep) -> Any:
         "dataset": config.run.dataset,
         "steps": config.run.train.steps,
         "replicates": config.run.replicates,
-        "target_density": config.density,
+        "structure": config.structure,
+        "target_density": target_density(config),
         "distribution": config.distribution,
         **layer_counts(final["mask"], _prunable(config)["prunable"], stacked),
         "final_test_accuracy": result.final_test_accuracy,
         "best_test_accuracy": result.best_test_accuracy,
         "early_stop_step": result.early_stop_step,
         "early_stop_test_accuracy": result.early_stop_test_accuracy,
-        "schedule": schedule(config),
+        "schedule": schedule(config, u),
     }
     store.write_json("results.json", summary)
     from lotto_jax.runs.train import _print_table

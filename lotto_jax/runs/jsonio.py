@@ -44,13 +44,17 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def config_diff(old: Mapping, new: Mapping, *, ignore: Iterable[str] = ()) -> list[str]:
+def config_diff(old: Mapping, new: Mapping, *, ignore: Iterable[str] = (),
+                defaults: Mapping | None = None) -> list[str]:
     """The differing fields of two nested configs as ``'dotted.name: old -> new'``.
 
     Args:
       old: the stored config (nested dicts).
       new: the requested config.
       ignore: dotted names (or prefixes of them) allowed to differ.
+      defaults: the config class's defaults (nested like ``new``): a field absent
+        from ``old`` (added to the class after the run was written) that ``new``
+        holds at its default is no difference, so older runs still resume.
 
     Returns:
       One line per differing field, sorted; ``<absent>`` marks a missing field.
@@ -62,11 +66,13 @@ def config_diff(old: Mapping, new: Mapping, *, ignore: Iterable[str] = ()) -> li
     """
     a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
     skip = tuple(ignore)
+    absent = "<absent>"
+    default = _flatten(_jsonable(defaults or {}))
 
     def ignored(name: str) -> bool:
-        return any(name == s or name.startswith(s + ".") for s in skip)
+        added = name not in a and name in default and default[name] == b.get(name, absent)
+        return added or any(name == s or name.startswith(s + ".") for s in skip)
 
-    absent = "<absent>"
     return [
         f"{k}: {json.dumps(a.get(k, absent))} -> {json.dumps(b.get(k, absent))}"
         .replace('"<absent>"', absent)

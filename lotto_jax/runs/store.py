@@ -172,6 +172,7 @@ class RunStore:
         new_dir: bool = False,
         mutable: Iterable[str] = (),
         lock: bool = True,
+        defaults: Mapping[str, Any] | None = None,
     ) -> RunStore:
         """Opens (or creates) a run directory for ``config``, as its one writer.
 
@@ -193,6 +194,8 @@ class RunStore:
             lock left by a dead process of this host is taken over (a note on
             stderr); this process may open a directory it holds again (the lock
             is counted). In a multi-process JAX run, process 0 takes it.
+          defaults: the config class's defaults: a field added since the run was
+            written, at its default, does not refuse the resume.
 
         Returns:
           The store; :meth:`close` it (or use it as a context manager).
@@ -217,7 +220,8 @@ class RunStore:
                 if overwrite and candidate == directory:
                     cls._wipe(directory)
                 if config is not None:
-                    store.check_record("config", config, mutable=mutable)
+                    store.check_record("config", config, mutable=mutable,
+                                       defaults=defaults)
                 else:
                     os.makedirs(store.directory, exist_ok=True)
                 return store
@@ -275,11 +279,14 @@ class RunStore:
 
     # ------------------------------------------------------------------ records
     def check_record(
-        self, name: str, record: Mapping[str, Any], *, mutable: Iterable[str] = ()
+        self, name: str, record: Mapping[str, Any], *, mutable: Iterable[str] = (),
+        defaults: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Writes ``NAME.json`` if absent, else checks that it equals ``record``.
 
         Fields named in ``mutable`` may differ; the stored record is then updated.
+        A field absent from the stored record and at its value in ``defaults``
+        (:func:`config_diff`) is no difference.
 
         Raises:
           ConfigMismatchError: listing the differing fields as ``name: old -> new``.
@@ -289,7 +296,7 @@ class RunStore:
         new = _jsonable(dict(record))
         if os.path.exists(path):
             old = _read_json(path)
-            diff = config_diff(old, new, ignore=mutable)
+            diff = config_diff(old, new, ignore=mutable, defaults=defaults)
             if diff:
                 raise ConfigMismatchError(
                     f"{self.directory}: the directory holds a run with another "
