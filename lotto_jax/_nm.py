@@ -20,7 +20,9 @@ Training:
 * :func:`nm_rigl`: a DST updater (:mod:`lotto_jax.dst`) that keeps exactly ``n``
   per group at every update, exchanging weights inside each group (RigL's drop by
   |θ| and grow by |gradient|, Evci et al. 2020, restricted to N:M groups);
-  :func:`nm_exchange` is its pure mask move.
+  :func:`nm_exchange` is its pure mask move; :func:`nm_set` grows at random
+  instead (SET, Mocanu et al. 2018) and :func:`nm_static` is a fixed random N:M
+  mask (the baseline).
 * SR-STE (Zhou et al. 2021) for a custom train step: :func:`srste_mask` (the mask of
   |θ| recomputed every step), :func:`srste_grad` (the gradient plus
   ``decay * (1 - m) * θ``), :func:`srste_value_and_grad` (both, with the
