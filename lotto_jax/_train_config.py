@@ -38,6 +38,8 @@ class TrainConfig:
       optimizer: ``"sgd"`` (with ``momentum``; 0 = plain SGD), ``"adam"`` or
         ``"adamw"``.
       lr: peak learning rate.
+      b2: the decay of Adam's (and AdamW's) second-moment average, 0.999 by
+        default; 0.98 in the grokking papers (Power et al. 2022, Minegishi et al.).
       momentum: SGD momentum.
       nesterov: Nesterov momentum for SGD.
       weight_decay: L2 added to the gradient for sgd/adam (PyTorch's coupled
@@ -51,12 +53,16 @@ class TrainConfig:
         and at the last step).
       eval_batch_size: examples per evaluation batch.
       shuffle: reshuffle the training data every epoch (else fixed order).
+      eval_train: at every evaluation also measure the loss and accuracy of the
+        whole training split (``train_accuracy`` of the curve; grokking plots
+        train and test accuracy). Off by default: one more pass over the data.
     """
 
     steps: int = 1000
     batch_size: int = 60
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: float = 1.2e-3
+    b2: float = 0.999
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -67,6 +73,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_batch_size: int = 1000
     shuffle: bool = True
+    eval_train: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
@@ -86,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"lr: expected a positive learning rate, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay: expected >= 0, got {self.weight_decay}")
+        if not 0 <= self.b2 < 1:
+            raise ValueError(f"b2: expected a value in [0, 1), got {self.b2}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum: expected a value in [0, 1), got {self.momentum}")
         if self.warmup_steps < 0:
@@ -134,9 +143,9 @@ def optimizer(config: TrainConfig) -> optax.GradientTransformation:
     elif c.optimizer == "adam":
         if c.weight_decay:
             parts.append(optax.add_decayed_weights(c.weight_decay))
-        parts.append(optax.scale_by_adam())
+        parts.append(optax.scale_by_adam(b2=c.b2))
     else:  # adamw
-        parts.append(optax.scale_by_adam())
+        parts.append(optax.scale_by_adam(b2=c.b2))
         if c.weight_decay:
             parts.append(optax.add_decayed_weights(c.weight_decay))
     return optax.chain(*parts) if parts else optax.identity()

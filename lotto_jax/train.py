@@ -93,6 +93,7 @@ class EvalRecord(NamedTuple):
     test_loss: Any
     test_accuracy: Any
     lr: float
+    train_accuracy: Any = None
 
 
 class FitResult(NamedTuple):
@@ -192,6 +193,7 @@ def fit(
         step = int(np.max(np.asarray(st.step)))
         test = trainer.evaluate(st, mask, x_test, y_test, replicates=replicates)
         v = trainer.evaluate(st, mask, x_val, y_val, replicates=replicates) if val is not None else (None, None)
+        tr = trainer.evaluate(st, mask, x_train, y_train, replicates=replicates) if c.eval_train else None
         lr = float(trainer.lr_fn(hold_lr if hold_lr >= 0 else step))
         rec = EvalRecord(
             step=step,
@@ -201,6 +203,7 @@ def fit(
             test_loss=_to_host(test[0]),
             test_accuracy=_to_host(test[1]),
             lr=lr,
+            train_accuracy=None if tr is None else _to_host(tr[1]),
         )
         curve.append(rec)
         if callback is not None:

@@ -77,7 +77,8 @@ def _split(tree, parts):
     )
 
 
-_RECORD_VALUES = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy")
+_RECORD_VALUES = ("train_loss", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
+                  "train_accuracy")
 
 
 def _stack_records(histories: Sequence[Sequence[train.EvalRecord]]) -> list[train.EvalRecord]:
