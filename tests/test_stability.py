@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -78,6 +79,15 @@ def test_stability_end_to_end_killed_resumed_and_rerun(finished_imp, here, share
     rows = [line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["0"], ["2"])]
     assert [row[0] for row in rows] == ["0", "2"]
     assert rows[1][5] == f"{100 * res['pairs'][1]['test_barrier']:.2f}"
+
+    # lotto report over a directory: the IMP run's sweep table, then the stability
+    # run's own table
+    shutil.copytree(imp_dir, tmp_path / "imp")
+    r = here("report", tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "sweep" in r.stdout and "stability of" in r.stdout
+    assert r.stdout.index("sweep") < r.stdout.index("stability of")
+    shutil.rmtree(tmp_path / "imp")
 
     # lotto ls lists it (its config's "run" is a directory, not a RunConfig)
     r = here("ls", tmp_path)

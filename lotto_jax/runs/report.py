@@ -312,36 +312,63 @@ def _unfinished_note(directory: str) -> str | None:
             + (f"; training: {', '.join(training)}" if training else "") + ")")
 
 
+OWN_REPORTS: dict[str, tuple[str, str]] = {
+    "stability": ("lotto_jax.runs.stability_report", "main"),
+    "earlybird": ("lotto_jax.runs.earlybird", "report"),
+}
+"""Kinds of run with a report of their own: ``(module, function)``, called as
+``function(directory, figures_dir=...)``."""
+
+
+def _own_report(kind: str, directory: str, figures_dir: str | None) -> Any:
+    import importlib
+
+    module, fn = OWN_REPORTS[kind]
+    return getattr(importlib.import_module(module), fn)(directory, figures_dir=figures_dir)
+
+
+def _sweep(directory: str, figures_dir: str | None) -> Any:
+    """A directory of runs: the sweep's tables and figures (:mod:`lotto_jax.runs.sweeps`)
+    over the runs it compares, then the own report of every stability or early-bird
+    run under it (figures in each run's ``figures/``)."""
+    from lotto_jax.runs import sweeps
+
+    own = [(k, p) for p in layout.find_runs(directory)
+           if (k := layout.run_kind(p)) in OWN_REPORTS]
+    result = None
+    if sweeps.find_runs(directory) or not own:
+        result = sweeps.main(directory, figures_dir=figures_dir)
+    reports = [_own_report(k, p, None) for k, p in own]
+    return result if result is not None else reports
+
+
 def main(config: ReportConfig) -> Report | Any:
     """Prints the table of ``config.dir`` and writes its figures.
 
     Dispatches on what the directory holds (:func:`lotto_jax.runs.layout.kind_of`):
     an IMP run (this module), a PaI, supermask, train or dst run
-    (:func:`lotto_jax.runs.report_kinds.main`), or a directory of runs, a sweep
-    (:func:`lotto_jax.runs.sweeps.main`, whose return value is returned).
+    (:func:`lotto_jax.runs.report_kinds.main`), a stability or early-bird run (its
+    own report, :data:`OWN_REPORTS`), or a directory of runs, a sweep
+    (:func:`lotto_jax.runs.sweeps.main`, whose return value is returned; the
+    stability and early-bird runs under it are reported after it; a directory of
+    only those returns their reports).
 
     Raises:
       FileNotFoundError: ``config.dir`` is missing, or holds no run.
     """
-    from lotto_jax.runs import report_kinds, sweeps
+    from lotto_jax.runs import report_kinds
 
     d = config.dir
     if not os.path.isdir(d):
         raise FileNotFoundError(
             f"{d}: no such run directory" + (" (it is a file)" if os.path.exists(d) else ""))
     kind = layout.run_kind(d)
-    if kind == "stability" and layout.is_run(d):
-        from lotto_jax.runs import stability_report
-
-        return stability_report.main(d, figures_dir=config.figures)
-    if kind == "earlybird" and layout.is_run(d):
-        from lotto_jax.runs import earlybird
-
-        return earlybird.report(d, figures_dir=config.figures)
+    if kind in OWN_REPORTS and layout.is_run(d):
+        return _own_report(kind, d, config.figures)
     if kind in ("pai", "supermask", "train", "dst") and layout.is_run(d):
         return report_kinds.main(d, figures_dir=config.figures)
     if kind != "imp" and (layout.find_runs(d) or not layout.is_run(d)):
-        return sweeps.main(d, figures_dir=config.figures)
+        return _sweep(d, config.figures)
     run = load_run(d)
     print_table(run)
     if (note := _unfinished_note(d)) is not None:
