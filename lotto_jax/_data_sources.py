@@ -1,5 +1,6 @@
 """The sources of :func:`lotto_jax.data.load`: raw numpy arrays from MNIST-1D, a
-``.npz`` file or TensorFlow Datasets, before normalisation and hold-out.
+``.npz`` file, TensorFlow Datasets or modular arithmetic, before normalisation and
+hold-out.
 
 Nothing is read through pickle; TFDS touches the network only with ``download``.
 """
@@ -14,13 +15,20 @@ from typing import Any
 
 import numpy as np
 
-_SPECS = "'mnist1d', 'tfds:NAME[:CONFIG]' (e.g. 'tfds:mnist') or 'npz:PATH'"
+_SPECS = ("'mnist1d', 'tfds:NAME[:CONFIG]' (e.g. 'tfds:mnist'), 'npz:PATH' or "
+          "'modular:OP:P:FRACTION' (e.g. 'modular:add:67:0.4')")
 _OFFLINE = (
     "Offline alternatives: 'npz:PATH' with a .npz file holding x_train, y_train, "
     "x_test, y_test, or 'mnist1d' (generated locally)."
 )
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _TFDS_CHUNK = 10_000
+_MODULAR_OPS = {
+    "add": lambda a, b, p: (a + b) % p,
+    "sub": lambda a, b, p: (a - b) % p,
+    "x2xyy2": lambda a, b, p: (a * a + a * b + b * b) % p,
+}
+_MODULAR_MAX_P = 4096  # p (p + 1) / 2 pairs: 8.4 M at the cap
 
 
 
@@ -136,3 +144,58 @@ def _to_numpy(tfds: Any, ds: Any) -> tuple[np.ndarray, np.ndarray]:
     if not chunks:
         return np.zeros((0,)), np.zeros((0,), np.int64)
     return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
+
+
+def _modular_arrays(spec: str, seed: int) -> tuple[np.ndarray, ...]:
+    """``modular:OP:P:FRACTION``: every pair ``(a, b)`` with ``0 <= a <= b < P`` (the
+    reference's symmetric input), labelled ``OP(a, b) mod P``; the pairs are shuffled
+    by ``random.Random(seed).shuffle`` (the reference's ``random.seed(seed);
+    random.shuffle(pairs)``, so a seed gives the reference's split) and the first
+    ``int(FRACTION * N)`` are the train split, the rest the test split. Inputs are
+    int32 token pairs ``(N, 2)``, labels int32 in ``[0, P)``.
+
+    References:
+      Minegishi, Iwasawa & Matsuo, "Grokking Tickets", arXiv:2310.19470
+      (gouki510/Grokking-Tickets ``data_module.gen_train_test``); Power et al. 2022,
+      "Grokking", arXiv:2201.02177.
+    """
+    parts = spec.split(":")
+    form = "'modular:OP:P:FRACTION' (e.g. 'modular:add:67:0.4')"
+    if len(parts) != 4:
+        raise ValueError(f"spec {spec!r}: expected {form}")
+    _, op, p_text, frac_text = parts
+    if op not in _MODULAR_OPS:
+        raise ValueError(
+            f"spec {spec!r}: OP: unknown operation {op!r}; expected one of "
+            f"{list(_MODULAR_OPS)}"
+        )
+    try:
+        p = int(p_text)
+    except ValueError:
+        p = None
+    if p is None or not 2 <= p <= _MODULAR_MAX_P:
+        raise ValueError(
+            f"spec {spec!r}: P: expected the modulus, an int in [2, {_MODULAR_MAX_P}], "
+            f"got {p_text!r}"
+        )
+    try:
+        fraction = float(frac_text)
+    except ValueError:
+        fraction = float("nan")
+    if not 0 < fraction < 1:
+        raise ValueError(
+            f"spec {spec!r}: FRACTION: expected the train fraction of the pairs, a "
+            f"number in (0, 1), got {frac_text!r}"
+        )
+    pairs = [(a, b) for a in range(p) for b in range(a, p)]
+    n_train = int(fraction * len(pairs))
+    if not 0 < n_train < len(pairs):
+        raise ValueError(
+            f"spec {spec!r}: FRACTION: {fraction} of {len(pairs)} pairs leaves "
+            f"{n_train} train and {len(pairs) - n_train} test pairs; both must be > 0"
+        )
+    random.Random(seed).shuffle(pairs)
+    x = np.asarray(pairs, np.int32).reshape(-1, 2)
+    y = _MODULAR_OPS[op](x[:, 0].astype(np.int64), x[:, 1].astype(np.int64), p)
+    y = y.astype(np.int32)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], p

@@ -1,6 +1,6 @@
 """Datasets for the lottery-ticket experiments, as numpy arrays, and seeded batching.
 
-Three sources, chosen by a spec string passed to :func:`load`:
+Four sources, chosen by a spec string passed to :func:`load`:
 
 - ``"mnist1d"``: MNIST-1D (Greydanus 2020), generated offline from its templates
   (4,000 train / 1,000 test signals of length 40). Needs no files and no network,
@@ -9,6 +9,12 @@ Three sources, chosen by a spec string passed to :func:`load`:
   (``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ...). It must already be
   prepared under ``data_dir`` unless ``download=True``.
 - ``"npz:PATH"``: a ``.npz`` file holding ``x_train, y_train, x_test, y_test``.
+- ``"modular:OP:P:FRACTION"``: modular arithmetic for grokking (Power et al. 2022;
+  Minegishi et al.'s grokking tickets): every pair ``a <= b`` of ``[0, P)`` labelled
+  ``OP(a, b) mod P`` (``OP``: ``add``, ``sub`` or ``x2xyy2`` = a² + ab + b²), split
+  by ``seed`` into ``int(FRACTION * N)`` train pairs and the rest as test. Inputs
+  are int32 token pairs ``(N, 2)`` for a model that embeds them (``grok_mlp``);
+  ``modular:add:67:0.4`` has 2,278 pairs, 911 of them train.
 
 Every dataset comes back as a frozen :class:`Dataset` of float32, normalised inputs
 (images NHWC, channel last) and int32 labels, with the normalisation it used. The
@@ -37,7 +43,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lotto_jax._data_sources import _SPECS, _mnist1d_arrays, _npz_arrays, _tfds_arrays
+from lotto_jax._data_sources import (
+    _SPECS,
+    _mnist1d_arrays,
+    _modular_arrays,
+    _npz_arrays,
+    _tfds_arrays,
+)
 
 __all__ = [
     "NORMALIZATION",
@@ -62,7 +74,8 @@ class Split:
     """One split of a dataset.
 
     Attributes:
-      x: float32 inputs, normalised, shape ``(N, *input_shape)``.
+      x: float32 inputs, normalised, shape ``(N, *input_shape)``; int32 token
+        pairs ``(N, 2)`` for ``modular:`` datasets.
       y: int32 class labels in ``[0, num_classes)``, shape ``(N,)``.
     """
 
@@ -110,8 +123,10 @@ def load(
     """Loads a dataset by spec, normalises it and optionally holds out a validation set.
 
     Args:
-      spec: ``"mnist1d"``, ``"tfds:NAME[:CONFIG]"`` or ``"npz:PATH"``.
-      seed: seed of the permutation that picks the validation examples.
+      spec: ``"mnist1d"``, ``"tfds:NAME[:CONFIG]"``, ``"npz:PATH"`` or
+        ``"modular:OP:P:FRACTION"``.
+      seed: seed of the permutation that picks the validation examples (and, for
+        ``modular:``, of the train/test split of the pairs).
       validation: examples held out of train: an int count (Frankle & Carbin hold
         out 5,000 MNIST images), a float fraction in ``[0, 1)``, or 0 for none.
       data_dir: TFDS data directory (TFDS's default when ``None``).
@@ -132,6 +147,9 @@ def load(
       ((3500, 40), (500, 40), (1000, 40))
       >>> ds.input_shape, ds.num_classes, ds.train.y.dtype
       ((40,), 10, dtype('int32'))
+      >>> ds = load("modular:add:67:0.4")
+      >>> len(ds.train), len(ds.test), ds.num_classes, ds.train.x.dtype
+      (911, 1367, 67, dtype('int32'))
     """
     if not isinstance(spec, str):
         raise ValueError(f"spec: expected a string, one of {_SPECS}; got {spec!r}")
@@ -146,6 +164,9 @@ def load(
             spec, data_dir=data_dir, download=download
         )
         x_train, x_test, norm = _normalize(x_train, x_test, NORMALIZATION.get(name))
+    elif spec.startswith("modular:"):
+        x_train, y_train, x_test, y_test, num_classes = _modular_arrays(spec, seed)
+        norm = {"mean": [0.0], "std": [1.0]}  # integer tokens, not normalised
     elif spec.startswith("npz:"):
         x_train, y_train, x_test, y_test = _npz_arrays(spec)
         try:

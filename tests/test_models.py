@@ -84,6 +84,8 @@ EXPECTED_COUNTS = {
     "mlp": dense(784, 100) + dense(100, 100) + dense(100, 10),
     # input, 8 blocks of (LayerNorm, fc1, fc2), the final LayerNorm, output
     "resmlp": dense(40, 128) + 8 * (2 * 128 + 2 * dense(128, 128)) + 2 * 128 + dense(128, 10),
+    # embedding 10 x 500, 500 -> 48 -> 500, unembedding 500 x 10; no biases
+    "grok_mlp": 10 * 500 + 500 * 48 + 48 * 500 + 500 * 10,
 }
 
 # ----------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ def test_output_shape_count_and_output_layer(name):
     assert models.count_params(variables) == EXPECTED_COUNTS[name]
     assert models.count_params(params) == EXPECTED_COUNTS[name]
     assert params["output"]["kernel"].shape[-1] == 10
-    assert "bias" in params["output"]
+    assert ("bias" in params["output"]) == (name != "grok_mlp")
     has_bn = name in ("vgg11", "vgg16", "resnet20")
     assert ("batch_stats" in variables) == has_bn
     x = jax.ShapeDtypeStruct((2, *models.input_shape(name)), jnp.float32)

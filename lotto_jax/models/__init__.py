@@ -9,6 +9,7 @@ References:
 """
 
 from lotto_jax.models._conv import CONV_PLANS, ConvNet, LeNet5
+from lotto_jax.models._grok import GrokMLP
 from lotto_jax.models._initializers import (
     glorot_normal,
     kaiming_normal,
@@ -39,6 +40,7 @@ __all__ = [
     "BasicBlock",
     "CifarResNet",
     "ConvNet",
+    "GrokMLP",
     "LeNet5",
     "LeNet300",
     "LeNet300NNX",

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from lotto_jax._types import Params, PRNGKey
 from lotto_jax.models._conv import CONV_PLANS, ConvNet, LeNet5
+from lotto_jax.models._grok import GrokMLP
 from lotto_jax.models._mlp import MLP, MNIST1DMLP, LeNet300
 from lotto_jax.models._resmlp import ResMLP
 from lotto_jax.models._resnet import CifarResNet
@@ -45,6 +46,7 @@ _MODELS: dict[str, _Entry] = {
     "mnist1d_mlp": _Entry(MNIST1DMLP, (40,)),
     "mlp": _Entry(MLP, _MNIST),
     "resmlp": _Entry(ResMLP, (40,)),
+    "grok_mlp": _Entry(GrokMLP, (2,)),
 }
 
 NAMES: tuple[str, ...] = tuple(_MODELS)
@@ -69,11 +71,14 @@ def build(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
 
     Args:
         name: one of :data:`NAMES`: ``lenet300``, ``lenet5``, ``conv2``, ``conv4``,
-            ``conv6``, ``vgg11``, ``vgg16``, ``resnet20``, ``mnist1d_mlp``, ``mlp``, ``resmlp``.
+            ``conv6``, ``vgg11``, ``vgg16``, ``resnet20``, ``mnist1d_mlp``, ``mlp``, ``resmlp``,
+            ``grok_mlp`` (token pairs of a ``modular:`` dataset; ``num_classes`` is
+            the modulus).
         num_classes: width of the ``output`` layer.
         **kwargs: fields of the model class, e.g. ``features=(100, 100)`` for
             ``mlp``, ``hidden=``/``residual=`` for ``mnist1d_mlp``,
             ``blocks=``/``width=``/``hidden=`` for ``resmlp``,
+            ``d_emb=``/``d_model=`` for ``grok_mlp``,
             ``kernel_init=``, ``bn_scale_init=`` (vgg, resnet20),
             ``shortcut="zero_pad"`` (resnet20).
 
@@ -105,7 +110,8 @@ def input_shape(name: str) -> tuple[int, ...]:
     """The default per-example input shape of model ``name`` (no batch axis).
 
     ``(28, 28, 1)`` for ``lenet300``, ``lenet5`` and ``mlp``; ``(32, 32, 3)`` for
-    ``conv2/4/6``, ``vgg11/16`` and ``resnet20``; ``(40,)`` for ``mnist1d_mlp`` and ``resmlp``.
+    ``conv2/4/6``, ``vgg11/16`` and ``resnet20``; ``(40,)`` for ``mnist1d_mlp`` and ``resmlp``;
+    ``(2,)`` (a token pair) for ``grok_mlp``.
 
     Args:
         name: one of :data:`NAMES`.
