@@ -43,6 +43,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "compare": ("lotto_jax.runs.compare", "CompareConfig", "main"),
     "earlybird": ("lotto_jax.runs.earlybird", "EarlyBirdConfig", "main"),
     "export": ("lotto_jax.runs.export", "ExportConfig", "main"),
+    "oneshot": ("lotto_jax.runs.oneshot", "OneshotConfig", "main"),
+    "colt": ("lotto_jax.runs.colt", "ColtConfig", "main"),
 }
 
 
