@@ -90,3 +90,45 @@ def test_earlybird_refusals(shared, here, tmp_path):
     assert_one_line_error(here(*base, "--keep", "1"), "--keep")
     assert_one_line_error(here(*base, "--imp", tmp_path / "nowhere"), "--imp", "nowhere")
     assert not (tmp_path / "x").exists()
+
+
+def _units(mask):
+    """Which hidden units a stored MLP mask keeps: a unit's kernel column."""
+    return np.concatenate([np.asarray(mask[k]["kernel"]).any(0)
+                           for k in sorted(mask) if k != "output"])
+
+
+def test_neuron_earlybird_draws_whole_units_by_the_rule_over_units(shared, here, tmp_path):
+    """``--structure neuron``: every stored mask keeps round(0.5 x units) of each
+    hidden layer, whole (kernel column, bias and the next layer's rows), and the
+    distances and the draw are the rule applied by hand to the unit masks."""
+    d = tmp_path / "eb"
+    r = here("earlybird", *EB, "--dataset", f"npz:{shared / 'tiny.npz'}", "--density", "0.5",
+             "--scope", "layerwise", "--structure", "neuron", "--epsilon", "0.2", "--out", d)
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(d / "results.json"))
+    assert res["structure"] == "neuron"
+    ckpt = ocp.StandardCheckpointer()
+    steps = list(range(0, 61, 5))
+    stored = [ckpt.restore(os.path.abspath(d / "eb" / "masks" / f"step_{n:08d}")) for n in steps]
+    units = [_units(m) for m in stored]
+    for m in stored:
+        rows = np.ones(np.shape(m["Dense_0"]["kernel"])[0], bool)  # the inputs
+        for k in [*(k for k in sorted(m) if k != "output"), "output"]:
+            kernel = np.asarray(m[k]["kernel"])
+            cols = kernel.any(0) if k != "output" else np.ones(kernel.shape[1], bool)
+            if k != "output":
+                assert cols.sum() == round(0.5 * cols.size)
+                np.testing.assert_array_equal(np.asarray(m[k]["bias"]), cols)
+            np.testing.assert_array_equal(kernel, rows[:, None] & cols[None, :], err_msg=k)
+            rows = cols
+    for i, p in enumerate(res["distances"]):
+        want = [np.mean(units[i] != units[j]) for j in range(max(0, i - 4), i)]
+        np.testing.assert_allclose(p["distances"], want, atol=1e-12)
+    fired = [i for i in range(4, len(steps))
+             if all(np.mean(units[i] != units[j]) <= 0.2 for j in range(i - 4, i))]
+    assert fired and res["draw_step"] == steps[fired[0]]
+    r = here("earlybird", *EB, "--dataset", f"npz:{shared / 'tiny.npz'}", "--structure",
+             "layer", "--out", tmp_path / "x")
+    assert_one_line_error(r, "--structure", "'layer'")
+    assert not (tmp_path / "x").exists()
