@@ -73,6 +73,12 @@ class RunConfig:
     mesh: str | None = None
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
+    def __post_init__(self):
+        try:  # a malformed modular: spec is refused before anything is written
+            data_lib.check_spec(self.dataset)
+        except ValueError as e:
+            raise ValueError(f"dataset: {e}") from None
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunOptions:
