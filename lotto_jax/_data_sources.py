@@ -146,19 +146,9 @@ def _to_numpy(tfds: Any, ds: Any) -> tuple[np.ndarray, np.ndarray]:
     return tuple(np.concatenate(parts) for parts in zip(*chunks, strict=True))
 
 
-def _modular_arrays(spec: str, seed: int) -> tuple[np.ndarray, ...]:
-    """``modular:OP:P:FRACTION``: every pair ``(a, b)`` with ``0 <= a <= b < P`` (the
-    reference's symmetric input), labelled ``OP(a, b) mod P``; the pairs are shuffled
-    by ``random.Random(seed).shuffle`` (the reference's ``random.seed(seed);
-    random.shuffle(pairs)``, so a seed gives the reference's split) and the first
-    ``int(FRACTION * N)`` are the train split, the rest the test split. Inputs are
-    int32 token pairs ``(N, 2)``, labels int32 in ``[0, P)``.
-
-    References:
-      Minegishi, Iwasawa & Matsuo, "Grokking Tickets", arXiv:2310.19470
-      (gouki510/Grokking-Tickets ``data_module.gen_train_test``); Power et al. 2022,
-      "Grokking", arXiv:2201.02177.
-    """
+def _parse_modular(spec: str) -> tuple[str, int, float]:
+    """``(OP, P, FRACTION)`` of a ``modular:OP:P:FRACTION`` spec, checked (no data
+    built: cheap enough for a config's ``__post_init__``)."""
     parts = spec.split(":")
     form = "'modular:OP:P:FRACTION' (e.g. 'modular:add:67:0.4')"
     if len(parts) != 4:
@@ -187,13 +177,32 @@ def _modular_arrays(spec: str, seed: int) -> tuple[np.ndarray, ...]:
             f"spec {spec!r}: FRACTION: expected the train fraction of the pairs, a "
             f"number in (0, 1), got {frac_text!r}"
         )
+    n_pairs = p * (p + 1) // 2
+    n_train = int(fraction * n_pairs)
+    if not 0 < n_train < n_pairs:
+        raise ValueError(
+            f"spec {spec!r}: FRACTION: {fraction} of {n_pairs} pairs leaves "
+            f"{n_train} train and {n_pairs - n_train} test pairs; both must be > 0"
+        )
+    return op, p, fraction
+
+
+def _modular_arrays(spec: str, seed: int) -> tuple[np.ndarray, ...]:
+    """``modular:OP:P:FRACTION``: every pair ``(a, b)`` with ``0 <= a <= b < P`` (the
+    reference's symmetric input), labelled ``OP(a, b) mod P``; the pairs are shuffled
+    by ``random.Random(seed).shuffle`` (the reference's ``random.seed(seed);
+    random.shuffle(pairs)``, so a seed gives the reference's split) and the first
+    ``int(FRACTION * N)`` are the train split, the rest the test split. Inputs are
+    int32 token pairs ``(N, 2)``, labels int32 in ``[0, P)``.
+
+    References:
+      Minegishi, Iwasawa & Matsuo, "Grokking Tickets", arXiv:2310.19470
+      (gouki510/Grokking-Tickets ``data_module.gen_train_test``); Power et al. 2022,
+      "Grokking", arXiv:2201.02177.
+    """
+    op, p, fraction = _parse_modular(spec)
     pairs = [(a, b) for a in range(p) for b in range(a, p)]
     n_train = int(fraction * len(pairs))
-    if not 0 < n_train < len(pairs):
-        raise ValueError(
-            f"spec {spec!r}: FRACTION: {fraction} of {len(pairs)} pairs leaves "
-            f"{n_train} train and {len(pairs) - n_train} test pairs; both must be > 0"
-        )
     random.Random(seed).shuffle(pairs)
     x = np.asarray(pairs, np.int32).reshape(-1, 2)
     y = _MODULAR_OPS[op](x[:, 0].astype(np.int64), x[:, 1].astype(np.int64), p)

@@ -48,6 +48,7 @@ from lotto_jax._data_sources import (
     _mnist1d_arrays,
     _modular_arrays,
     _npz_arrays,
+    _parse_modular,
     _tfds_arrays,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "Split",
     "batch_indices",
     "check_input_shape",
+    "check_spec",
     "load",
 ]
 
@@ -269,6 +271,26 @@ def batch_indices(
         )
     start = ((step % period).astype(jnp.uint32) * jnp.uint32(b)) % jnp.uint32(n)
     return ((start + jnp.arange(b, dtype=jnp.uint32)) % jnp.uint32(n)).astype(jnp.int32)
+
+
+def check_spec(spec: str) -> None:
+    """Raises at once for a malformed ``modular:`` spec (no data built), so a config
+    can refuse it before anything is written; other specs are checked by
+    :func:`load`.
+
+    Raises:
+      ValueError: the message names the spec and its faulty part (``OP``, ``P``,
+        ``FRACTION``).
+
+    Examples:
+      >>> check_spec("modular:add:67:0.4")
+      >>> check_spec("modular:add:67:1.5")
+      Traceback (most recent call last):
+      ...
+      ValueError: spec 'modular:add:67:1.5': FRACTION: expected the train fraction of the pairs, a number in (0, 1), got '1.5'
+    """
+    if isinstance(spec, str) and spec.startswith("modular:"):
+        _parse_modular(spec)
 
 
 def check_input_shape(dataset: Dataset, expected_shape: tuple[int, ...]) -> None:
