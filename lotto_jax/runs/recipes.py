@@ -85,6 +85,22 @@ def _lth_lenet300():
     )
 
 
+# Grokking tickets (Minegishi et al., arXiv:2310.19470; gouki510/Grokking-Tickets):
+# AdamW 1e-3, betas (0.9, 0.98), weight decay 1, full batch (911 train pairs).
+_GROK = dict(steps=30000, batch_size=911, optimizer="adamw", lr=1e-3, b2=0.98,
+             weight_decay=1.0, shuffle=False, eval_every=100, eval_train=True)
+
+
+def _grokking():
+    from lotto_jax.runs.imp import ImpConfig
+
+    return ImpConfig(
+        run=_run("grok_mlp", "modular:add:67:0.4", **_GROK),
+        rounds=1, fraction=0.6, output_fraction=None, scope="global", rewind="init",
+        out="runs/grokking",
+    )
+
+
 def _lenet300_dense():
     from lotto_jax.runs.train import TrainCommand
 
@@ -129,6 +145,17 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "the notebook's 100 retrains on linspace(0, 1, 100) sparsities; 3 replicates "
         "and a random-mask control in one run",
         _mnist1d_lottery,
+    ),
+    Recipe(
+        "grokking", "imp",
+        "Minegishi et al. (Grokking Tickets, arXiv:2310.19470; gouki510/Grokking-Tickets): "
+        "OnlyMLP on (a + b) mod 67, a <= b pairs, 40 % train, AdamW 1e-3 betas "
+        "(0.9, 0.98) wd 1, full batch; round 0 the dense grokking run, round 1 its "
+        "ticket: global magnitude, 40 % kept (all four weight matrices), rewound to init",
+        "the ticket trains with the dense run's weight decay 1 (the reference's "
+        "config_pruning.py retrains it with 0); 30,000 steps each; test accuracy "
+        "every 100 steps; --replicates for seeds",
+        _grokking,
     ),
     Recipe(
         "lth-lenet300", "imp",
