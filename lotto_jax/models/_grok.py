@@ -30,11 +30,13 @@ class GrokMLP(nn.Module):
     including both embeddings. With the defaults and ``p = 67``: 115,000
     parameters.
 
-    Inputs are integer token pairs ``[batch, 2]`` (``modular:`` datasets); a
-    floating input is cast to int32, so the zero input of
-    :func:`lotto_jax.models.init` is the pair ``(0, 0)`` and SynFlow's all-ones
-    input is the pair ``(1, 1)``: SynFlow then scores one embedding row and
-    finds no path through the others.
+    Inputs are integer token pairs ``[batch, 2]`` (``modular:`` datasets). A
+    floating input ``c`` is read as soft tokens: ``c`` times the all-ones vector
+    over the vocabulary in place of a one-hot, so its embedding is ``c`` times the
+    sum of the embedding rows. That is what SynFlow's all-ones input means for an
+    embedding (every input unit at 1: every row is on a path), and the zero input
+    of :func:`lotto_jax.models.init` embeds to zero. Token ids stored as floats
+    must be cast to int first.
 
     Attributes:
         num_classes: the output width (the modulus ``p``).
@@ -49,7 +51,7 @@ class GrokMLP(nn.Module):
         >>> model.apply(variables, jnp.array([[1, 2], [3, 6]])).shape
         (2, 7)
         >>> sorted(variables["params"])
-        ['embed', 'inproj', 'output', 'outproj']
+        ['embed', 'inproj', 'outproj', 'output']
 
     References:
         Minegishi, Iwasawa & Matsuo, "Grokking Tickets: Lottery Tickets Accelerate
@@ -66,9 +68,13 @@ class GrokMLP(nn.Module):
         """Returns logits ``[batch, num_classes]``; ``train`` is unused (no BN)."""
         del train
         vocab = self.num_classes if self.vocab is None else self.vocab
-        tokens = x.reshape(x.shape[0], -1).astype(jnp.int32)
-        h = nn.Embed(vocab, self.d_emb, name="embed",
-                     embedding_init=nn.initializers.normal(vocab ** -0.5))(tokens)
+        x = x.reshape(x.shape[0], -1)
+        embed = nn.Embed(vocab, self.d_emb, name="embed",
+                         embedding_init=nn.initializers.normal(vocab ** -0.5))
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            h = embed(x)
+        else:  # soft tokens: c * (all-ones over the vocabulary) @ E
+            h = x[..., None] * embed.embedding.sum(axis=0).astype(x.dtype)[None, None]
         h = nn.Dense(self.d_model, use_bias=False, kernel_init=_normal_fan_in(),
                      name="inproj")(h)
         h = nn.relu(h.sum(axis=1))

@@ -101,6 +101,20 @@ def _grokking():
     )
 
 
+def _grokking_pai():
+    from lotto_jax.runs.pai import PaiConfig
+
+    return PaiConfig(run=_run("grok_mlp", "modular:add:67:0.4", **_GROK), method="snip",
+                     density=0.4, scope="global", out="runs/grokking_pai")
+
+
+def _grokking_train():
+    from lotto_jax.runs.train import TrainCommand
+
+    return TrainCommand(run=_run("grok_mlp", "modular:add:67:0.4", **_GROK),
+                        out="runs/grokking_train")
+
+
 def _lenet300_dense():
     from lotto_jax.runs.train import TrainCommand
 
@@ -156,6 +170,24 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "config_pruning.py retrains it with 0); 30,000 steps each; test accuracy "
         "every 100 steps; --replicates for seeds",
         _grokking,
+    ),
+    Recipe(
+        "grokking-pai", "pai",
+        "Minegishi et al. (arXiv:2310.19470): the pruning-at-init baselines of the "
+        "grokking ticket (--method random|snip|grasp|synflow), 40 % kept globally, "
+        "trained like the recipe grokking",
+        "the reference scores the PaI masks on its whole train set; here SNIP and "
+        "GraSP score 10 x 67 random train pairs and SynFlow the all-ones input (every "
+        "token at once: grok_mlp's soft tokens) instead of the train pairs",
+        _grokking_pai,
+    ),
+    Recipe(
+        "grokking-train", "train",
+        "Minegishi et al. (arXiv:2310.19470): one network trained like the recipe "
+        "grokking; with --mask, a mask rewound to init (e.g. a ticket drawn during "
+        "memorisation: round 1 of lotto imp --recipe grokking --steps K)",
+        "",
+        _grokking_train,
     ),
     Recipe(
         "lth-lenet300", "imp",
