@@ -18,6 +18,7 @@ from fractions import Fraction
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _killrun import assert_killed, assert_same_run, engine_lines, lotto
 from _killrun import here as run_here
 
 from lotto_jax import colt, masks, prune, scores
@@ -195,12 +196,19 @@ def _args(npz, out, *extra):
             "--out", str(out)]
 
 
-def test_lotto_colt_end_to_end(tiny_npz, tmp_path):
+@pytest.fixture(scope="module")
+def reference(tiny_npz, tmp_path_factory):
+    """The uninterrupted tiny run (checkpoints every 10 steps), in this process."""
+    out = tmp_path_factory.mktemp("colt_ref") / "run"
+    first = run_here(_args(tiny_npz, out, "--save-every", "10"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    return out
+
+
+def test_lotto_colt_end_to_end(tiny_npz, reference):
     from lotto_jax.runs.store import RunStore
 
-    out = tmp_path / "run"
-    first = run_here(_args(tiny_npz, out))
-    assert first.returncode == 0, first.stderr[-3000:]
+    out = reference
     res = json.loads((out / "results.json").read_text())
     rows = res["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
@@ -234,12 +242,30 @@ def test_lotto_colt_end_to_end(tiny_npz, tmp_path):
         mask = store.restore(f"round_{r:03d}/mask")
     assert rows[2]["partition_final_test_accuracy"] is None  # the last round prunes no more
     # a rerun trains nothing and gives the same results; lotto report reads the run
-    again = run_here(_args(tiny_npz, out))
+    again = run_here(_args(tiny_npz, out, "--save-every", "10"))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "training from step" not in again.stderr
     assert json.loads((out / "results.json").read_text()) == res
     rep = run_here(["report", str(out)])
     assert rep.returncode == 0 and "part0 final" in rep.stdout, rep.stderr[-2000:]
+
+
+def test_killed_mid_partition_resumes_to_the_same_run(tiny_npz, reference, tmp_path):
+    """SIGKILLed right after partition 1's round-0 checkpoint at step 20 (a
+    subprocess), then rerun: it resumes that network from step 20 and ends with
+    every item bit-equal to the uninterrupted run's."""
+    out = tmp_path / "run"
+    args = _args(tiny_npz, out, "--save-every", "10")
+    assert_killed(lotto(args, cache_dir=tmp_path / "xla",
+                        kill_after="controls/part1/round_000/checkpoints/step_00000020"))
+    assert not (out / "controls" / "part1" / "round_000" / "metrics.json").exists()
+    again = run_here(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = engine_lines(again)
+    assert "round_000: finished, kept" in lines
+    assert "controls/part0/round_000: finished, kept" in lines
+    assert "controls/part1/round_000: training from step 20" in lines
+    assert_same_run(reference, out)
 
 
 def _flatten(tree, prefix=()):
