@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# COLT vs IMP on LeNet-300-100 / MNIST (Hossain et al. 2022, arXiv:2212.12770).
+# Both: Adam 1.2e-3, batch 60, 3,000 steps per network, 5,000 training images held out
+# for validation, rewind to θ0, global magnitude pruning of 15 % of the surviving kernel
+# weights per round (output layer pooled with the others), seed 0 (replicates: seeds
+# 0..S-1 and data orders 0..S-1, trained together in one vmapped step).
+# COLT: classes 0-4 / 5-9 (labels remapped, as the reference code), one network per
+# range per round, the next mask is the intersection of their pruned masks; each
+# round's ticket is trained on all 10 classes (its accuracy is the one reported).
+# IMP: the same settings, one network per round.
+# Ablation: COLT with --labels keep (each class range trains its own output units).
+# Control: IMP at 25 % per round (about COLT's density per round) for the same rounds.
+# Usage: bash experiments/colt.sh [path/to/mnist.npz] [out dir] [colt rounds] [imp rounds] [steps] [replicates]
+set -euo pipefail
+NPZ=${1:-../shared/data/mnist.npz}
+OUT=${2:-experiments/results/colt}
+COLT_ROUNDS=${3:-12}
+IMP_ROUNDS=${4:-22}
+STEPS=${5:-3000}
+REPS=${6:-1}
+COMMON=(--model lenet300 --dataset "npz:$NPZ" --validation 5000 --steps "$STEPS"
+        --batch-size 60 --optimizer adam --lr 1.2e-3 --eval-every 500 --replicates "$REPS"
+        --fraction 0.15 --scope global --output-fraction None)
+lotto colt "${COMMON[@]}" --rounds "$COLT_ROUNDS" --out "$OUT/colt"
+lotto imp "${COMMON[@]}" --rounds "$IMP_ROUNDS" --out "$OUT/imp"
+# ablation: each range keeps its labels (its own output units of the shared head)
+lotto colt "${COMMON[@]}" --rounds "$COLT_ROUNDS" --labels keep --out "$OUT/colt_keep"
+# control: IMP removing 25 % per round, about COLT's effective rate (0.75^12 = 3.2 %)
+lotto imp "${COMMON[@]/0.15/0.25}" --rounds "$COLT_ROUNDS" --out "$OUT/imp_f25"
+lotto report "$OUT/colt"
+lotto report "$OUT/imp"
+python experiments/colt_table.py "$OUT"
