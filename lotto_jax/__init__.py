@@ -13,6 +13,7 @@ imports the algorithms, never the other way round.
 
 from lotto_jax import (
     analysis,
+    colt,
     data,
     dst,
     export,
@@ -42,6 +43,7 @@ __all__ = [
     "Prunable",
     "Scores",
     "analysis",
+    "colt",
     "data",
     "dst",
     "export",
