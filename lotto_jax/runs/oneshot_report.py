@@ -9,11 +9,12 @@ chosen rule); the same for the retrained networks under ``retrained``.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
-__all__ = ["figure", "format_table", "print_table", "record"]
+__all__ = ["figure", "format_table", "main", "print_table", "record"]
 
 
 def _knees(densities, accuracy, dense: float, rule: str, tolerance: float) -> dict[str, Any]:
@@ -115,7 +116,8 @@ def figure(results: dict[str, Any], path: str) -> str:
     pct = 100 * np.asarray(results["densities"], float)
     series = {}
     for s, e in results["scopes"].items():
-        for label, c in ((f"{s} one-shot", e), (f"{s} retrained", e.get("retrained"))):
+        steps = (results.get("retrain") or {}).get("steps")
+        for label, c in ((f"{s} one-shot", e), (f"{s} +{steps} steps", e.get("retrained"))):
             if c is not None:
                 std = np.asarray(c["std"]) * 100
                 series[label] = (pct, 100 * np.asarray(c["mean"]),
@@ -131,5 +133,26 @@ def figure(results: dict[str, Any], path: str) -> str:
         ax.axvline(100 * k["density"], color=colors.get(f"{s} one-shot", "0.3"),
                    linestyle=":", linewidth=1.5,
                    label=f"knee {s} ({k['rule']}): {100 * k['sparsity']:.0f}% sparse")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="lower left")  # not "best": its search warns when slow
     return plots.save(fig, path)
+
+
+def main(directory: str, *, figures_dir: str | None = None):
+    """``lotto report DIR`` of a ``lotto oneshot`` run: prints the table, writes
+    ``accuracy.png`` (default into ``DIR/figures``); returns a
+    :class:`lotto_jax.runs.report.Report` whose ``run`` is ``results.json``.
+
+    Raises:
+      FileNotFoundError: the run has no ``results.json`` yet.
+    """
+    from lotto_jax.runs import layout
+    from lotto_jax.runs.report import Report
+
+    results, ok = layout.load_json(os.path.join(directory, "results.json"))
+    if not ok or not isinstance(results, dict) or "scopes" not in results:
+        raise FileNotFoundError(f"{directory}: no finished lotto oneshot results "
+                                "(results.json); rerun its lotto oneshot command")
+    text = format_table(results)
+    print(text)
+    path = os.path.join(figures_dir or os.path.join(directory, "figures"), "accuracy.png")
+    return Report(results, text, [figure(results, path)])
