@@ -66,6 +66,7 @@ _UNIT = {
     "dst": re.compile(r"dst"),
     "stability": re.compile(r"pairs/[^/]+"),
     "earlybird": re.compile(r"dense|ticket"),
+    "oneshot": re.compile(r"retrain/[^/]+/[^/]+"),
 }
 _MARKS = ("config.json", "results.json", "result.json")
 
@@ -160,6 +161,8 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
         return "stability"
     if "epsilon" in c and "keep" in c and "density" in c:  # lotto earlybird
         return "earlybird"
+    if "densities" in c and "retrain_steps" in c:  # lotto oneshot (retrain/S/dD units)
+        return "oneshot"
     if ("rounds" in c and "rewind" in c) or os.path.exists(
             os.path.join(directory, "driver.json")):
         return "imp"
@@ -276,6 +279,9 @@ def unit_dirs(directory: str, kind: str) -> list[str]:
                 if _isdir(directory, "pairs", n)]
     if kind == "earlybird":
         return [n for n in ("dense", "ticket") if _isdir(directory, n)]
+    if kind == "oneshot":
+        return [f"retrain/{s}/{n}" for s in _listdir(directory, "retrain")
+                for n in _listdir(directory, "retrain", s) if _isdir(directory, "retrain", s, n)]
     return []
 
 
@@ -361,7 +367,7 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird"):
+    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird", "oneshot"):
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):
