@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from lotto_jax import data, oneshot
-from lotto_jax.runs import cli
+from lotto_jax.runs import cli, layout
 
 # ------------------------------------------------------------------ numpy truth
 
@@ -245,6 +245,12 @@ def test_lotto_oneshot_end_to_end(source, capsys):
         k = oneshot.knee(res["densities"], e["mean"], res["dense_mean"])
         assert res["knee"][scope] == {"density": k.density, "sparsity": k.sparsity}
     assert (out / "figures" / "accuracy.png").stat().st_size > 0
+    # the readers know the run: its kind, its six finished units, its report
+    view = layout.read(str(out))
+    assert view.kind == "oneshot" and view.done and view.finished == 6 == len(view.units)
+    (out / "figures" / "accuracy.png").unlink()
+    assert cli.main(["report", str(out)]) == 0
+    assert (out / "figures" / "accuracy.png").stat().st_size > 0
     # a rerun trains nothing and gives the same record
     capsys.readouterr()
     assert cli.main(argv) == 0
@@ -303,7 +309,7 @@ def test_an_imp_runs_round_zero_is_the_source(source, tmp_path):
     train run's final weights gives the train run's one-shot accuracies."""
     from lotto_jax.runs.store import RunStore
 
-    d, run = source
+    _, run = source
     train_config = json.loads((run / "config.json").read_text())
     final = ocp.StandardCheckpointer().restore(str(run / "train" / "final"))
     imp_dir = tmp_path / "imp"
