@@ -190,6 +190,7 @@ def make_trainer(
     mesh: jax.sharding.Mesh | None = None,
     fsdp: bool = False,
     updater: Any = None,
+    grad_transform: optax.GradientTransformation | None = None,
 ) -> Trainer:
     """Builds the jitted train chunk and evaluation for one model and config.
 
@@ -210,6 +211,9 @@ def make_trainer(
         ``state.dst`` and changes inside the compiled chunk after every step at
         which ``updater.fires(step)``; dropped and grown weights and their moments
         are set to 0 there. ``None``: the mask is an argument, fixed.
+      grad_transform: an optax transformation applied to the gradient before the
+        optimizer (its state lives in ``opt_state``, first in the chain), e.g.
+        :func:`lotto_jax.sparse.scale_by_tree`.
 
     Returns:
       A :class:`Trainer`.
@@ -223,7 +227,7 @@ def make_trainer(
     if updater is not None and updater.end is not None and updater.end > c.steps:
         raise ValueError(f"end: the {updater.name} updater changes the mask until step "
                          f"{updater.end}, beyond the {c.steps} training steps")
-    tx = optimizer(c)
+    tx = optimizer(c) if grad_transform is None else optax.chain(grad_transform, optimizer(c))
     lr_fn = schedule(c)
     constrain, pin = _placement(mesh, fsdp, tx, c.batch_size)
     train_chunk = _train_chunk_fn(

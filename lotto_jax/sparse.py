@@ -34,13 +34,79 @@ import optax
 from lotto_jax._types import Mask, Params
 from lotto_jax.masks import apply as apply_mask
 
-__all__ = ["MaskedState", "make_step", "masked"]
+__all__ = ["MaskedState", "ScaleState", "make_step", "masked", "scale_by_tree", "with_scale"]
 
 
 class MaskedState(NamedTuple):
     """State of :func:`masked`: the wrapped transformation's state."""
 
     inner_state: optax.OptState
+
+
+class ScaleState(NamedTuple):
+    """State of :func:`scale_by_tree`: one multiplier per parameter."""
+
+    scale: Params
+
+
+def scale_by_tree() -> optax.GradientTransformation:
+    """Multiplies every update by a per-parameter scale held in the state.
+
+    The scale starts at 1 (each update times 1: the identity, though a compiled
+    step that contains it may fuse differently, to within float rounding) and is
+    replaced between steps with :func:`with_scale`: it is state, so it is
+    traced data (no recompile), checkpointed and vmapped with the optimizer. WORM
+    (:mod:`lotto_jax.runs.earlybird`) damps the gradients of masked-out weights this
+    way; chain it before the optimizer to scale gradients.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> tx = scale_by_tree()
+      >>> st = with_scale(tx.init({"w": jnp.ones(2)}), {"w": jnp.array([1.0, 0.5])})
+      >>> tx.update({"w": jnp.array([2.0, 2.0])}, st)[0]["w"].tolist()
+      [2.0, 1.0]
+    """
+
+    def init(params):
+        return ScaleState(jax.tree.map(lambda p: jnp.ones(jnp.shape(p), jnp.result_type(p)),
+                                       params))
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s.astype(u.dtype), updates, state.scale), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def with_scale(opt_state: optax.OptState, scale: Params) -> optax.OptState:
+    """``opt_state`` with the scale of its (first) :class:`ScaleState` replaced.
+
+    Raises:
+      ValueError: ``opt_state`` holds no :class:`ScaleState`, or ``scale`` is not
+        shaped like the one it replaces.
+    """
+    done = []
+
+    def visit(node):
+        if isinstance(node, ScaleState) and not done:
+            if jax.tree.structure(scale) != jax.tree.structure(node.scale) or any(
+                    jnp.shape(a) != jnp.shape(b) for a, b in
+                    zip(jax.tree.leaves(scale), jax.tree.leaves(node.scale), strict=True)):
+                raise ValueError("scale: expected a pytree shaped like the params")
+            done.append(True)
+            return ScaleState(jax.tree.map(lambda a, b: jnp.asarray(a, jnp.result_type(b)),
+                                           scale, node.scale))
+        if isinstance(node, tuple) and not hasattr(node, "_fields"):
+            return tuple(visit(x) for x in node)
+        if isinstance(node, tuple):  # another NamedTuple state: its fields
+            return type(node)(*(visit(x) for x in node))
+        return node
+
+    out = visit(opt_state)
+    if not done:
+        raise ValueError("opt_state: holds no ScaleState (chain scale_by_tree() into the "
+                         "optimizer: make_trainer(..., grad_transform=scale_by_tree()))")
+    return out
 
 
 def masked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:

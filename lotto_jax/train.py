@@ -142,7 +142,7 @@ def fit(
     until: int | None = None,
     replicates: bool = False,
     history: Sequence[EvalRecord] = (),
-    callback: Callable[[TrainState, EvalRecord], None] | None = None,
+    callback: Callable[[TrainState, EvalRecord], TrainState | None] | None = None,
 ) -> tuple[TrainState, FitResult]:
     """Trains ``state`` under ``mask`` from ``state.step`` to ``config.steps``.
 
@@ -168,7 +168,10 @@ def fit(
       history: evaluation records from before a resume, kept at the front of the
         curve.
       callback: called as ``callback(state, record)`` after each evaluation (e.g.
-        to checkpoint, log or draw progress: :mod:`lotto_jax.runs.progress`).
+        to checkpoint, log or draw progress: :mod:`lotto_jax.runs.progress`). If it
+        returns a state, training continues from that one (e.g. with a new
+        :func:`lotto_jax.sparse.with_scale` in its ``opt_state``); ``None`` keeps
+        the state.
 
     Returns:
       ``(final_state, FitResult)``.
@@ -206,12 +209,12 @@ def fit(
             train_accuracy=None if tr is None else _to_host(tr[1]),
         )
         curve.append(rec)
-        if callback is not None:
-            callback(st, rec)
+        new = None if callback is None else callback(st, rec)
+        return st if new is None else new
 
     stop = c.steps if until is None else min(int(until), c.steps)
     if first == 0 and not any(r.step == 0 for r in curve):
-        record(state, None)
+        state = record(state, None)
     step = first
     while step < stop:
         next_eval = min((step // c.eval_every + 1) * c.eval_every, stop)
@@ -222,7 +225,7 @@ def fit(
                 hold_lr=hold_lr, until=next_eval, replicates=replicates,
             )
             step = int(np.max(np.asarray(state.step)))
-        record(state, train_loss)
+        state = record(state, train_loss)
     return state, summarize(curve)
 
 

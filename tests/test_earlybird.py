@@ -132,3 +132,56 @@ def test_neuron_earlybird_draws_whole_units_by_the_rule_over_units(shared, here,
              "layer", "--out", tmp_path / "x")
     assert_one_line_error(r, "--structure", "'layer'")
     assert not (tmp_path / "x").exists()
+
+
+def _find(tree, key):
+    """The first subtree stored under ``key`` in a restored checkpoint."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for v in tree.values():
+            if (hit := _find(v, key)) is not None:
+                return hit
+    if isinstance(tree, list | tuple):
+        for v in tree:
+            if (hit := _find(v, key)) is not None:
+                return hit
+    return None
+
+
+def test_worm_damps_masked_out_gradients_from_the_elbow(shared, here, tmp_path):
+    """``--worm``: it starts at the first evaluation whose full FIFO has a mean
+    distance below the elbow (numpy over the stored masks); the checkpoint of a
+    killed run holds the gradient scale, 1 on that step's mask and χ off it, and
+    the run resumes from it; up to the elbow the masks are the plain run's."""
+    args = ["earlybird", *EB, "--dataset", f"npz:{shared / 'tiny.npz'}", "--density", "0.3",
+            "--save-every", "20"]
+    assert here(*args, "--out", tmp_path / "plain").returncode == 0
+    d = tmp_path / "worm"
+    worm = [*args, "--worm", "--worm-chi", "0.01", "--worm-elbow", "0.1", "--out", d]
+    cache = shared / "xla_cache"
+    assert_killed(lotto(worm, cache_dir=cache, kill_after="dense/checkpoints/step_00000040"))
+    ckpt = ocp.StandardCheckpointer()
+    state = ckpt.restore(os.path.abspath(d / "dense" / "checkpoints" / "step_00000040"))
+    p = lotto(worm, cache_dir=cache)
+    assert_ok(p)
+    assert "dense: training from step 40" in engine_lines(p)
+    res = json.load(open(d / "results.json"))
+    steps = list(range(0, 61, 5))
+    stored = [ckpt.restore(os.path.abspath(d / "eb" / "masks" / f"step_{n:08d}")) for n in steps]
+    flat = [_kernels(m) for m in stored]
+    means = [np.mean([np.mean(flat[i] != flat[j]) for j in range(i - 4, i)]) if i >= 4
+             else 1.0 for i in range(len(steps))]
+    start = next(i for i, m in enumerate(means) if m < 0.1)
+    assert res["worm"] and res["worm_step"] == steps[start] <= 40
+    scale = _find(state, "scale")
+    for s, m in zip(jax.tree.leaves(scale), jax.tree.leaves(stored[steps.index(40)]),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(s), np.where(np.asarray(m), 1.0, 0.01)
+                                      .astype(np.float32))
+    plain = [_kernels(ckpt.restore(os.path.abspath(
+        tmp_path / "plain" / "eb" / "masks" / f"step_{n:08d}"))) for n in steps]
+    for i in range(start + 1):  # up to the elbow WORM trains as plain dense training
+        np.testing.assert_array_equal(plain[i], flat[i])
+    r = here(*args, "--worm-chi", "0", "--out", tmp_path / "x")
+    assert_one_line_error(r, "--worm-chi", "(0, 1]")

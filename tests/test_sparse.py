@@ -415,3 +415,66 @@ def test_multi_device():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "MULTI_DEVICE_OK" in proc.stdout
+
+
+def test_scale_by_tree_multiplies_each_update_and_is_set_between_steps():
+    """A hand SGD step: update = -lr * g * scale; scale 1 is the identity bit for
+    bit; with_scale finds the state inside a chain and refuses bad input."""
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
+    grads = {"w": jnp.array([0.3, 0.7, -1.1]), "b": jnp.array(2.0)}
+    tx = optax.chain(sparse.scale_by_tree(), optax.sgd(0.1))
+    st = tx.init(params)
+    plain, _ = optax.sgd(0.1).update(grads, optax.sgd(0.1).init(params))
+    ones, _ = tx.update(grads, st)
+    for a, b in zip(jax.tree.leaves(ones), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
+    st = sparse.with_scale(st, {"w": jnp.array([1.0, 0.003, 0.0]), "b": jnp.array(0.5)})
+    up, st2 = tx.update(grads, st)
+    np.testing.assert_allclose(up["w"], -0.1 * np.array([0.3, 0.7 * 0.003, 0.0]), rtol=1e-6)
+    np.testing.assert_allclose(up["b"], -0.1 * 2.0 * 0.5, rtol=1e-6)
+    np.testing.assert_array_equal(st2[0].scale["w"], np.float32([1.0, 0.003, 0.0]))
+    with pytest.raises(ValueError, match="opt_state: holds no ScaleState"):
+        sparse.with_scale(optax.sgd(0.1).init(params), params)
+    with pytest.raises(ValueError, match="scale: expected a pytree shaped like the params"):
+        sparse.with_scale(st, {"w": jnp.ones(2), "b": jnp.array(1.0)})
+
+
+def test_a_fit_callback_may_replace_the_state():
+    """fit continues from the state a callback returns: a zero gradient scale set at
+    step 10 freezes the kernel from there, the bias keeps training; a trainer with
+    the scale left at 1 trains as the plain trainer (to float rounding: XLA fuses
+    the two programs differently)."""
+    from lotto_jax import data, models, train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int32)
+    ds = data.Dataset(name="toy", train=data.Split(x, y), validation=None,
+                      test=data.Split(x[:16], y[:16]), input_shape=(5,), num_classes=2,
+                      normalization={"mean": [0.0], "std": [1.0]})
+    model = models.build("mlp", features=(), num_classes=2)
+    params = models.init(model, jax.random.key(0), (5,))["params"]
+    cfg = train.TrainConfig(steps=30, batch_size=16, eval_every=10, lr=0.1, optimizer="sgd",
+                            momentum=0.0)  # plain SGD: no momentum carries old gradients
+    plain = train.make_trainer(train.classifier(model), cfg, num_train=64)
+    scaled = train.make_trainer(train.classifier(model), cfg, num_train=64,
+                                grad_transform=sparse.scale_by_tree())
+    key = jax.random.key(1)
+    a, _ = train.fit(plain, plain.init(params), masks.init(params), ds, data_key=key)
+    b, _ = train.fit(scaled, scaled.init(params), masks.init(params), ds, data_key=key)
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
+        np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7)  # another fusion: ulps
+    seen = {}
+
+    def freeze_kernel(st, rec):
+        seen[int(rec.step)] = jax.tree.map(np.asarray, st.params)
+        if int(rec.step) == 10:
+            scale = {"output": {"kernel": jnp.zeros((5, 2)), "bias": jnp.ones(2)}}
+            return st.replace(opt_state=sparse.with_scale(st.opt_state, scale))
+        return None
+
+    c, _ = train.fit(scaled, scaled.init(params), masks.init(params), ds, data_key=key,
+                     callback=freeze_kernel)
+    np.testing.assert_array_equal(c.params["output"]["kernel"], seen[10]["output"]["kernel"])
+    assert not np.array_equal(c.params["output"]["bias"], seen[10]["output"]["bias"])
+    assert not np.array_equal(seen[10]["output"]["kernel"], seen[0]["output"]["kernel"])

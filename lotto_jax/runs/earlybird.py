@@ -24,10 +24,20 @@ unstructured weight-magnitude masks, the extrapolation ALGORITHMS.md calls
 unverified; ``--structure neuron`` (``channel`` on a conv net) draws unit masks:
 the ``density`` fraction of the units, ranked by the L2 norm of their kernel
 slices (:func:`lotto_jax.structured.to_density`, no slimming penalty), and the
-Hamming distance is taken over units, as the reference code's over channels. WORM
-(Vasudev 2024), which damps the gradients of masked-out channels once the FIFO's
-mean distance falls below 0.15, is not implemented: it needs a gradient scale that
-changes with the FIFO inside the dense run's compiled loop.
+Hamming distance is taken over units, as the reference code's over channels.
+
+``--worm`` adds WORM (Vasudev 2024, "The EarlyBird Gets the WORM"): once the FIFO
+is full and the mean of its distances falls below ``worm_elbow`` (0.15, the
+"elbow"), the dense run's gradients of the currently masked-out parameters are
+multiplied by ``worm_chi`` (0.003) at every later step, kept ones untouched; the
+masked-out set follows the newest mask at each evaluation. The scale is
+:func:`lotto_jax.sparse.scale_by_tree`'s state, first in the optimizer chain, so it
+is checkpointed and resumed with the run. The reference code damps the BatchNorm
+parameters of masked-out channels; here it is the masked-out weights
+(``weight``) or every member parameter of a masked-out unit (``neuron`` /
+``channel``: kernel slice, bias and normalisation scale and offset; not the next
+layer's inputs). The dense unit is then no longer plain dense training: its
+accuracy is WORM's.
 
 References:
   You et al. 2020, "Drawing Early-Bird Tickets", arXiv:1909.11957.
@@ -61,6 +71,11 @@ class EarlyBirdConfig(RunOptions):
       structure: ``weight`` (unstructured masks, distances over weights) or
         ``neuron`` / ``channel`` (unit masks: ``density`` is the fraction of units
         kept; distances over units). See the module docs.
+      worm: damp the gradients of masked-out parameters after the elbow (WORM;
+        module docs).
+      worm_chi: WORM's gradient multiplier χ, in (0, 1].
+      worm_elbow: WORM's elbow: the mean FIFO distance below which it starts, in
+        (0, 1).
       imp: an IMP run (``lotto imp``) to compare with: its finished round whose
         density is closest to ``density``, its accuracy and the steps IMP trained
         to reach it (every round up to it).
@@ -73,6 +88,9 @@ class EarlyBirdConfig(RunOptions):
     keep: int = 5
     scope: str = "global"
     structure: str = "weight"
+    worm: bool = False
+    worm_chi: float = 0.003
+    worm_elbow: float = 0.15
     imp: str | None = None
     out: str = dataclasses.field(default="runs/earlybird", kw_only=True)
 
@@ -86,6 +104,10 @@ class EarlyBirdConfig(RunOptions):
             raise ValueError(f"keep: expected an int >= 2, got {self.keep!r}")
         if self.scope not in ("global", "layerwise"):
             raise ValueError(f"scope: expected 'global' or 'layerwise', got {self.scope!r}")
+        if not 0 < self.worm_chi <= 1:
+            raise ValueError(f"worm_chi: expected a value in (0, 1], got {self.worm_chi}")
+        if not 0 < self.worm_elbow < 1:
+            raise ValueError(f"worm_elbow: expected a value in (0, 1), got {self.worm_elbow}")
         from lotto_jax import structured
 
         if structured.parse(self.structure).kind not in ("weight", "neuron", "channel"):
@@ -142,6 +164,7 @@ class _Recorder:
         self.writer, self.draw_at, self.config = writer, draw_at, config
         self.steps, self.mask_target, self.topology = steps, mask_target, topology
         self.cache: dict[int, Any] = {}
+        self.worm_started: bool | None = None  # unknown until the first evaluation
 
     def view(self, mask):
         """What the distances compare: the weight mask, or its units."""
@@ -155,7 +178,7 @@ class _Recorder:
         return self.cache[n]
 
     def __call__(self, state, rec):
-        from lotto_jax import analysis, masks, scores
+        from lotto_jax import analysis, masks, scores, sparse
 
         t, keep = int(rec.step), self.config.keep
         m = self.draw_at(scores.magnitude(state.params), masks.init(state.params))
@@ -166,21 +189,52 @@ class _Recorder:
         fifo = analysis.early_bird_put(fifo, self.view(m))
         prunable = masks.default_prunable if self.topology is None else masks.all_leaves
         fired = analysis.early_bird_emerged(fifo, prunable=prunable)
+        distances = analysis.early_bird_distances(fifo, prunable=prunable)
+        worm = (self.config.worm and len(fifo.masks) == keep
+                and float(np.mean(distances)) < self.config.worm_elbow)
         self.writer.save(f"eb/masks/step_{t:08d}", m, meta={
-            "step": t, "distances": analysis.early_bird_distances(fifo, prunable=prunable),
-            "emerged": fired})
+            "step": t, "distances": distances, "emerged": fired, "worm": worm})
         if fired and not self.writer.has("eb/draw"):
             self.writer.save("eb/draw_mask", m, meta={"step": t})
             self.writer.save("eb/draw", {"params": state.params,
                                          "model_state": state.model_state}, meta={"step": t})
         self.cache = {n: v for n, v in self.cache.items() if n in earlier}
         self.cache[t] = m
+        self.worm_started = worm or self.worm_on(t)
+        if self.worm_started:
+            return state.replace(opt_state=sparse.with_scale(state.opt_state,
+                                                             self.worm_scale(m)))
+        return None
+
+    def worm_on(self, t):
+        """Whether WORM started at an evaluation before step ``t`` (it never stops;
+        after a resume, read from the stored masks' records)."""
+        if not self.config.worm:
+            return False
+        if self.worm_started is None:
+            self.worm_started = any(
+                self.writer.meta(f"eb/masks/step_{n:08d}").get("worm")
+                for n in self.steps if n < t)
+        return self.worm_started
+
+    def worm_scale(self, mask):
+        """1 on kept parameters, χ on masked-out ones (a unit's members only)."""
+        import jax
+        import jax.numpy as jnp
+
+        from lotto_jax import masks, structured
+
+        if self.topology is not None:
+            mask = structured.expand(structured.units_of(mask, self.topology),
+                                     masks.init(mask), self.topology, consumers=False)
+        chi = self.config.worm_chi
+        return jax.tree.map(lambda k: jnp.where(k, 1.0, chi), mask)
 
 
 def _main(config: EarlyBirdConfig, store, imp) -> dict[str, Any]:
     import jax
 
-    from lotto_jax import masks, scores, structured
+    from lotto_jax import masks, scores, sparse, structured, train
     from lotto_jax.runs import common
     from lotto_jax.runs.engine import Engine, Unit, abstract
     from lotto_jax.runs.records import layer_counts
@@ -206,10 +260,14 @@ def _main(config: EarlyBirdConfig, store, imp) -> dict[str, Any]:
     except ValueError as e:
         raise ValueError(f"density: {e}") from e
     steps = _eval_steps(prep.trainer.config)
+    trainer = prep.trainer if not config.worm else train.make_trainer(
+        train.classifier(prep.module), config.run.train,
+        num_train=prep.dataset.train.x.shape[0], mesh=prep.mesh,
+        grad_transform=sparse.scale_by_tree())
     clock = Clock()
     writer = WriteBehind(store, clock)
     try:
-        engine = Engine(prep.trainer, prep.dataset, data_key, writer, clock=clock,
+        engine = Engine(trainer, prep.dataset, data_key, writer, clock=clock,
                         save_every=config.save_every, save_interval=config.save_interval,
                         on_eval=_Recorder(writer, draw_at, config, steps, mask_target,
                                           topo))
@@ -234,11 +292,13 @@ def _main(config: EarlyBirdConfig, store, imp) -> dict[str, Any]:
     except BaseException:
         writer.close(raise_errors=False)
         raise
-    t_steps = prep.trainer.config.steps
+    t_steps = trainer.config.steps
+    worm_step = next((p["step"] for p in curve if p.get("worm")), None)
     results = {
         "model": config.run.model, "dataset": config.run.dataset, "steps": t_steps,
         "density": config.density, "epsilon": config.epsilon, "keep": config.keep,
         "scope": config.scope, "structure": config.structure, "draw_step": draw_step,
+        "worm": config.worm, "worm_step": worm_step,
         "dense_final_test_accuracy": dense.metrics["final_test_accuracy"],
         "ticket_final_test_accuracy": None if ticket is None
         else ticket.metrics["final_test_accuracy"],

@@ -188,7 +188,8 @@ class Engine:
       on_eval: ``on_eval(state, record)``, called at every evaluation of a training
         stack before its checkpoint (e.g. to record the mask magnitude pruning would
         give: :mod:`lotto_jax.runs.earlybird`); its writes go through the store
-        before the checkpoint's, so a resume finds them.
+        before the checkpoint's, so a resume finds them. A state it returns
+        replaces the trained one (WORM's gradient scale), checkpoint included.
     """
 
     def __init__(self, trainer, dataset, data_key, store=None, *, stacked=False, mesh=None,
@@ -407,13 +408,13 @@ class Engine:
             for curve, r in zip(curves, [rec] if plain else _split_record(rec, parts),
                                 strict=True):
                 curve.append(r)
-            if self.on_eval is not None:
-                self.on_eval(st, rec)
+            new = None if self.on_eval is None else self.on_eval(st, rec)
+            st = st if new is None else new  # the hook may change the state
             step = int(rec.step)
-            if self.store is None or not 0 < step < steps or not self._due(step, last):
-                return
-            self._checkpoint(units, [st] if plain else _split(st, parts), curves, step)
-            last.update(step=step, time=time.perf_counter())
+            if self.store is not None and 0 < step < steps and self._due(step, last):
+                self._checkpoint(units, [st] if plain else _split(st, parts), curves, step)
+                last.update(step=step, time=time.perf_counter())
+            return new
 
         kw = dict(data_key=data_key, hold_lr=units[0].hold, callback=callback,
                   replicates=not plain)
