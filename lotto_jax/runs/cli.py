@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("lotto_jax.runs.export", "ExportConfig", "main"),
     "oneshot": ("lotto_jax.runs.oneshot", "OneshotConfig", "main"),
     "colt": ("lotto_jax.runs.colt", "ColtConfig", "main"),
+    "sft": ("lotto_jax.runs.sft", "SftConfig", "main"),
 }
 
 
