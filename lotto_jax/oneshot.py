@@ -187,7 +187,7 @@ class Knee(NamedTuple):
 
     Attributes:
       density: the fraction of weights kept at the knee (1.0: nothing removable).
-      sparsity: ``1 − density``.
+      sparsity: ``1 − density``, rounded to 12 decimals (0.3, not 0.30000000000000004).
       rule: the rule that found it.
     """
 
@@ -245,7 +245,7 @@ def knee(
         i = (fails[0] - 1) if fails.size else len(d) - 1
     else:
         i = _kneedle(1.0 - d, a)
-    return Knee(float(d[i]), float(1.0 - d[i]), rule)
+    return Knee(float(d[i]), round(1.0 - float(d[i]), 12), rule)  # 0.3, not 0.30000000000000004
 
 
 def _kneedle(x: np.ndarray, y: np.ndarray) -> int:

@@ -54,7 +54,7 @@ def record(config, src, run_config, curves, retrained) -> dict[str, Any]:
     return {
         "run": src.path, "unit": src.unit, "model": run_config.model,
         "dataset": run_config.dataset, "replicates": src.replicates,
-        "densities": densities, "sparsities": [1.0 - d for d in densities],
+        "densities": densities, "sparsities": [round(1.0 - d, 12) for d in densities],
         "knee_rule": config.knee, "tolerance": config.tolerance,
         "dense_test_accuracy": dense, "dense_mean": float(np.mean(dense)),
         "dense_std": float(np.std(dense)),
