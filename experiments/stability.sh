@@ -15,6 +15,8 @@
 # 4. An early-bird ticket at the density of IMP's round 10 (lotto earlybird, the
 #    recipe's optimiser and fixed data order, kernels only, global magnitude masks at
 #    every 100 steps, ε = 0.1), beside the kernels-only IMP run's round 10.
+# 5. The same early-bird draw with WORM (--worm: masked-out gradients x 0.003 once the
+#    FIFO's mean distance < 0.15), and with neuron masks (25 % of the units, layerwise).
 # Usage: bash experiments/stability.sh [out dir]
 set -euo pipefail
 OUT=${1:-experiments/results}
@@ -34,3 +36,10 @@ lotto compare "$LOTTERY/pooled@10#0" "$LOTTERY/pooled@10#1" "$LOTTERY/pooled@10#
 lotto earlybird --steps 1500 --batch-size 100 --optimizer adam --lr 2e-2 --no-shuffle \
   --eval-every 100 --density 0.107 --epsilon 0.1 --imp "$LOTTERY/kernels_only" \
   --out "$OUT/earlybird_mnist1d"
+EB=(--steps 1500 --batch-size 100 --optimizer adam --lr 2e-2 --no-shuffle --eval-every 100
+    --epsilon 0.1)
+lotto earlybird "${EB[@]}" --density 0.107 --worm --out "$OUT/earlybird_mnist1d_worm"
+lotto earlybird "${EB[@]}" --density 0.25 --structure neuron --scope layerwise \
+  --out "$OUT/earlybird_mnist1d_neuron"
+lotto earlybird "${EB[@]}" --density 0.25 --structure neuron --scope layerwise --worm \
+  --out "$OUT/earlybird_mnist1d_neuron_worm"
