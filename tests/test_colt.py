@@ -116,8 +116,7 @@ def test_split_classes_without_validation_and_errors():
 # --------------------------------------------------------------- the COLT step
 
 
-@pytest.mark.parametrize("scope", ["global", "layerwise"])
-@pytest.mark.parametrize("n_parts", [2, 3])
+@pytest.mark.parametrize(("scope", "n_parts"), [("global", 2), ("layerwise", 3)])
 def test_intersection_and_densities_match_numpy(scope, n_parts):
     rng = np.random.default_rng(1)
     mask = {k: rng.random(v.shape) < 0.7 for k, v in _tree(0).items()}
@@ -205,41 +204,51 @@ def reference(tiny_npz, tmp_path_factory):
     return out
 
 
-def test_lotto_colt_end_to_end(tiny_npz, reference):
+def _check_masks(out, rows, rep=None):
+    """Every stored mask_r (replicate ``rep`` of a replicated run) is the numpy
+    intersection of the stored round r-1 partition networks pruned by numpy, and
+    the densities in results.json are its counts."""
     from lotto_jax.runs.store import RunStore
 
+    store = RunStore(str(out))
+
+    def flat(tree):
+        return {"/".join(map(str, k)): np.asarray(v) if rep is None else np.asarray(v)[rep]
+                for k, v in _flatten(tree)}
+
+    prev = flat(store.restore("round_000/mask"))
+    assert all(v.all() for v in prev.values())
+    for r in range(1, len(rows)):
+        finals = [flat(store.restore(f"controls/part{p}/round_{r - 1:03d}/final")["params"])
+                  for p in (0, 1)]
+        kernels = {k: v for k, v in prev.items() if v.ndim >= 2}
+        want_parts = [np_prune({k: f[k] for k in kernels}, kernels, 0.15, "global")
+                      for f in finals]
+        got = flat(store.restore(f"round_{r:03d}/mask"))
+        for k in prev:
+            want = np.logical_and(*[w[k] for w in want_parts]) if k in kernels else prev[k]
+            np.testing.assert_array_equal(got[k], want, err_msg=f"round {r} {k}")
+        total = sum(v.size for v in kernels.values())
+        density = sum(int(got[k].sum()) for k in kernels) / total
+        parts = [sum(int(w[k].sum()) for k in kernels) / total for w in want_parts]
+        assert density <= min(parts)
+        if rep is None:
+            assert rows[r]["density"] == pytest.approx(density, abs=1e-12)
+            assert rows[r]["partition_densities"] == pytest.approx(parts, abs=1e-12)
+        prev = got
+
+
+def test_lotto_colt_end_to_end(tiny_npz, reference):
     out = reference
     res = json.loads((out / "results.json").read_text())
     rows = res["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert res["ranges"] == [[0, 5], [5, 10]]
-    store = RunStore(str(out))
-    mask = store.restore("round_000/mask")
     assert rows[0]["density"] == 1.0 and rows[0]["pruning_steps"] == 0
-    for r in (1, 2):  # mask_r = ∩_p numpy-prune(θT of partition p in round r-1, mask_{r-1})
-        finals = [store.restore(f"controls/part{p}/round_{r - 1:03d}/final")["params"]
-                  for p in (0, 1)]
-        flat = [{"/".join(map(str, k)): np.asarray(v) for k, v in _flatten(f)}
-                for f in finals]
-        prev = {"/".join(map(str, k)): np.asarray(v) for k, v in _flatten(mask)}
-        kernels = {k: v for k, v in prev.items() if v.ndim >= 2}
-        want_parts = [np_prune({k: f[k] for k in kernels}, kernels, 0.15, "global")
-                      for f in flat]
-        got = {"/".join(map(str, k)): np.asarray(v)
-               for k, v in _flatten(store.restore(f"round_{r:03d}/mask"))}
-        for k in prev:
-            want = (np.logical_and(*[w[k] for w in want_parts]) if k in kernels
-                    else prev[k])
-            np.testing.assert_array_equal(got[k], want, err_msg=f"round {r} {k}")
-        total = sum(v.size for v in kernels.values())
-        assert rows[r]["density"] == pytest.approx(
-            sum(int(got[k].sum()) for k in kernels) / total, abs=1e-12)
-        assert rows[r]["partition_densities"] == pytest.approx(
-            [sum(int(w[k].sum()) for k in kernels) / total for w in want_parts], abs=1e-12)
-        assert rows[r]["density"] <= min(rows[r]["partition_densities"])
+    _check_masks(out, rows)
+    for r in (1, 2):
         assert rows[r]["pruning_steps"] == r * 2 * 30
         assert rows[r]["total_steps"] == r * 2 * 30 + (r + 1) * 30
-        mask = store.restore(f"round_{r:03d}/mask")
     assert rows[2]["partition_final_test_accuracy"] is None  # the last round prunes no more
     # a rerun trains nothing and gives the same results; lotto report reads the run
     again = run_here(_args(tiny_npz, out, "--save-every", "10"))
@@ -248,6 +257,22 @@ def test_lotto_colt_end_to_end(tiny_npz, reference):
     assert json.loads((out / "results.json").read_text()) == res
     rep = run_here(["report", str(out)])
     assert rep.returncode == 0 and "part0 final" in rep.stdout, rep.stderr[-2000:]
+
+
+def test_replicates_prune_each_replicate_on_its_own(tiny_npz, tmp_path):
+    """--replicates 2: the vmapped pruning gives each replicate the numpy
+    intersection of its own partition networks; the densities in results.json are
+    the replicates' mean."""
+    out = tmp_path / "run"
+    res = run_here(_args(tiny_npz, out, "--replicates", "2", "--rounds", "1"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads((out / "results.json").read_text())["rounds"]
+    for rep in (0, 1):
+        _check_masks(out, rows, rep)
+    layers = json.loads((out / "round_001" / "metrics.json").read_text())
+    assert rows[1]["density"] == pytest.approx(np.mean(np.asarray(layers["kept"]))
+                                               / layers["total"], abs=1e-12)
+    assert len(rows[1]["final_test_accuracy"]) == 2
 
 
 def test_killed_mid_partition_resumes_to_the_same_run(tiny_npz, reference, tmp_path):
