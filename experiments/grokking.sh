@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Grokking tickets (Minegishi, Iwasawa & Matsuo, arXiv:2310.19470): (a + b) mod 67 with
+# 40 % of the 2,278 pairs a <= b in train, the paper's OnlyMLP (grok_mlp), AdamW 1e-3
+# betas (0.9, 0.98) weight decay 1, full batch, train and test accuracy every 100 steps.
+# For each init seed (the split is data seed 0's, as the recipes have it):
+#   imp/          lotto imp --recipe grokking: round 0 the dense run (30,000 steps: it
+#                 memorises, then groks); round 1 its ticket: the global magnitude mask
+#                 of the grokked weights, 40 % kept over all four matrices, rewound to θ0
+#   ticket/       that ticket (imp/round_001/mask from θ0) trained for STEPS, the budget
+#                 of the runs below (the same computation as round 1, cut at STEPS)
+#   pai_METHOD/   masks at init, 40 % kept globally: random, snip, grasp, synflow
+#   mem_imp/      round 0 = the dense run's first MEM steps (memorised: train 100 %,
+#                 test ~0 %); its round-1 mask is the ticket drawn during memorisation
+#   mem_ticket/   that mask rewound to θ0, trained for STEPS
+# Then the figure and the steps-to-95 % table (experiments/grokking_summary.py).
+# Usage: [SEEDS="0 1 2"] [STEPS=30000] [MEM=1000] bash experiments/grokking.sh [out dir]
+# (results/grokking: seed 0, STEPS=15000, on a shared 2-core CPU.)
+set -euo pipefail
+OUT=${1:-experiments/results/grokking}
+SEEDS=${SEEDS:-0 1 2}
+STEPS=${STEPS:-30000}
+MEM=${MEM:-1000}
+for seed in $SEEDS; do
+  d="$OUT/seed$seed"
+  [ "$seed" = 0 ] && d="$OUT"  # seed 0 at the top level
+  lotto imp --recipe grokking --seed "$seed" --out "$d/imp"
+  lotto train --recipe grokking-train --mask "$d/imp/round_001/mask" --steps "$STEPS" \
+    --seed "$seed" --out "$d/ticket"
+  for method in random snip grasp synflow; do
+    lotto pai --recipe grokking-pai --method "$method" --steps "$STEPS" --seed "$seed" \
+      --out "$d/pai_$method"
+  done
+  lotto imp --recipe grokking --steps "$MEM" --seed "$seed" --out "$d/mem_imp"
+  lotto train --recipe grokking-train --mask "$d/mem_imp/round_001/mask" --steps "$STEPS" \
+    --seed "$seed" --out "$d/mem_ticket"
+done
+python experiments/grokking_summary.py "$OUT"
