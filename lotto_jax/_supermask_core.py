@@ -1,9 +1,10 @@
 """Supermask search over frozen weights: the search state, the search transforms
-(edge-popup, Bernoulli, sign) and the exports.
+(edge-popup, Bernoulli, sign, jackpot, signed) and the exports.
 
 Public through :mod:`lotto_jax.supermask`; see its module docstring for the methods.
 The mask-making primitives (top-k, Bernoulli draws, straight-through) are in
-``lotto_jax._supermask_ops``.
+``lotto_jax._supermask_ops``; the jackpot and signed leaves in
+``lotto_jax._supermask_variants``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ from lotto_jax._supermask_ops import (  # noqa: F401  (_OTHER: runs.supermask)
     sample_mask,
     topk_mask,
 )
+from lotto_jax._supermask_variants import (
+    jackpot_leaf,
+    short_restriction,
+    signed_leaf,
+)
 from lotto_jax._types import Mask, Params, PRNGKey, Prunable, Scores
 from lotto_jax.masks import default_prunable, path_str, validate
 
@@ -49,8 +55,10 @@ __all__ = [
     "topk_mask",
 ]
 
-METHODS = ("edge-popup", "bernoulli", "sign")
-"""Search methods: :func:`edge_popup`, :func:`bernoulli`, :func:`sign`."""
+METHODS = ("edge-popup", "bernoulli", "sign", "jackpot", "signed")
+"""Search methods: :func:`edge_popup`, :func:`bernoulli`, :func:`sign`,
+:func:`jackpot`, :func:`signed`."""
+_MASKED = ("sign", "jackpot")  # the methods whose SearchState carries a mask
 _RANKS = ("abs", "signed")
 _EVALUATIONS = ("expected", "threshold")
 
@@ -66,7 +74,8 @@ class SearchState(struct.PyTreeNode):
     Attributes:
       weights: the frozen weights, a params pytree (never trained).
       model_state: the model's other collections, e.g. ``{"batch_stats": ...}``.
-      mask: the fixed mask of the sign method (``None`` for the others).
+      mask: the fixed mask of the sign method; the jackpot method's current binary
+        mask (replaced by each training pass); ``None`` for the others.
       key: the base PRNG key of the Bernoulli method (``None`` for the others).
       count: int32 number of training forward passes so far; the Bernoulli method's
         pass ``t`` samples with ``jax.random.fold_in(key, t)``.
@@ -94,8 +103,9 @@ def init_state(
         pretrained params pytree).
       model_state: the model's non-param collections (``{}`` if ``None``).
       key: base key for the Bernoulli method's per-step samples (required there).
-      mask: the fixed pruning mask of the sign method (required there), e.g. from
-        :func:`lotto_jax.prune.to_density`.
+      mask: the fixed pruning mask of the sign method, e.g. from
+        :func:`lotto_jax.prune.to_density`, or the jackpot method's start mask
+        (:func:`lotto_jax.supermask.jackpot_mask`); required there.
       count: the starting value of the training forward-pass counter.
 
     Returns:
@@ -119,7 +129,8 @@ def init_state(
 class Supermask:
     """A supermask search: an apply function over ``(scores, state)``.
 
-    Build one with :func:`edge_popup`, :func:`bernoulli` or :func:`sign`. Calling it
+    Build one with :func:`edge_popup`, :func:`bernoulli`, :func:`sign`,
+    :func:`jackpot` or :func:`signed`. Calling it
     as ``search(scores, state, x, train) -> (logits, state)`` computes ``W_eff`` from
     the scores and the frozen ``state.weights`` leaf by leaf, then calls the
     wrapped ``apply_fn(W_eff, state.model_state, x, train)``. That is the
@@ -127,11 +138,11 @@ class Supermask:
     ``train.make_trainer(search, ...)`` trains the scores and nothing else.
 
     Attributes:
-      method: ``"edge-popup"``, ``"bernoulli"`` or ``"sign"``.
+      method: one of :data:`METHODS`.
       apply_fn: the model's ``apply_fn(params, model_state, x, train)`` (e.g.
         ``train.classifier(module)``).
-      keep: edge-popup's fraction kept per layer.
-      layer_keep: edge-popup's per-layer overrides ``{pattern: keep}``.
+      keep: edge-popup's and the signed method's fraction kept per layer.
+      layer_keep: their per-layer overrides ``{pattern: keep}``.
       rank: edge-popup's ranking, ``"abs"`` (by ``|s|``, the reference code) or
         ``"signed"`` (by ``s``, the paper's text).
       evaluation: the Bernoulli method's ``train=False`` network: ``"expected"``
@@ -166,16 +177,17 @@ class Supermask:
                 f"{type(state).__name__}"
             )
         _check_like(state.weights, scores, "scores")
-        if self.method == "sign":
+        if self.method in _MASKED:
             if state.mask is None:
                 raise ValueError(
-                    "state.mask: the sign method needs the fixed pruning mask "
+                    f"state.mask: the {self.method} method needs a mask "
                     "(init_state(weights, mask=...))"
                 )
             validate(state.weights, state.mask, name="state.mask")
         elif state.mask is not None:
             raise ValueError(
-                f"state.mask: only the sign method takes a fixed mask, not {self.method!r}"
+                f"state.mask: only the sign and jackpot methods take a mask, not "
+                f"{self.method!r}"
             )
         if self.method == "bernoulli" and state.key is None:
             raise ValueError(
@@ -196,21 +208,35 @@ class Supermask:
         Returns:
           The weights the model is run with.
         """
+        return self._forward(scores, state, train=train)[0]
+
+    def _forward(self, scores: Scores, state: SearchState, *, train: bool):
+        """``(W_eff, mask)``; ``mask`` is the jackpot's restricted mask (else
+        ``state.mask``)."""
         self._check(scores, state)
+        if self.method == "jackpot":
+            state = state.replace(
+                mask=short_restriction(jax.lax.stop_gradient(scores), state.mask,
+                                       prunable=self.prunable)
+            )
         w_leaves, treedef = jax.tree_util.tree_flatten_with_path(state.weights)
         s_leaves = jax.tree.leaves(scores)
-        if self.method == "edge-popup":
+        if self.method in ("edge-popup", "signed"):
             keeps = _leaf_keeps(state.weights, self.keep, self.layer_keep, self.prunable)
         if self.method == "bernoulli" and train:
             key = jax.random.fold_in(state.key, state.count)
             samples = _bernoulli_draws(key, scores, self.prunable)
-        m_leaves = jax.tree.leaves(state.mask) if self.method == "sign" else None
+        m_leaves = jax.tree.leaves(state.mask) if self.method in _MASKED else None
         out = []
         for i, ((path, w), s) in enumerate(zip(w_leaves, s_leaves, strict=True)):
             if not self.prunable(path, w):
                 out.append(w if m_leaves is None else jnp.where(m_leaves[i], w, 0))
                 continue
-            if self.method == "edge-popup":
+            if self.method == "jackpot":
+                out.append(jackpot_leaf(w, s, m_leaves[i]))
+            elif self.method == "signed":
+                out.append(signed_leaf(w, s, keeps[path]))
+            elif self.method == "edge-popup":
                 soft = s * jax.lax.stop_gradient(_sign(s)) if self.rank == "abs" else s
                 hard = _topk_flat(jnp.ravel(soft), _n_keep(keeps[path], int(np.size(s))))
                 hard = hard.reshape(jnp.shape(s)).astype(soft.dtype)
@@ -229,14 +255,21 @@ class Supermask:
             else:  # sign
                 sg = _straight_through(s, jax.lax.stop_gradient(_sign(s)))
                 out.append(jnp.where(m_leaves[i], w, 0) * sg.astype(w.dtype))
-        return jax.tree.unflatten(treedef, out)
+        return jax.tree.unflatten(treedef, out), state.mask
 
     def __call__(self, scores: Scores, state: SearchState, x: jax.Array, train: bool):
-        """``(logits, new_state)``: the model run with :meth:`effective_weights`."""
-        w_eff = self.effective_weights(scores, state, train=train)
+        """``(logits, new_state)``: the model run with :meth:`effective_weights`.
+
+        A training pass of the jackpot method stores its restricted mask in the new
+        state: the swap after score step ``t`` is applied (and kept) by the forward
+        pass of step ``t + 1``; an evaluation pass applies it without storing it
+        (the swap is idempotent).
+        """
+        w_eff, mask = self._forward(scores, state, train=train)
         logits, model_state = self.apply_fn(w_eff, state.model_state, x, train)
         return logits, state.replace(
-            model_state=model_state, count=state.count + (1 if train else 0)
+            model_state=model_state, count=state.count + (1 if train else 0),
+            mask=mask if train else state.mask,
         )
 
     def layer_keeps(self, params: Params) -> dict[str, float]:
@@ -373,7 +406,8 @@ def export_mask(
 
     Returns:
       edge-popup: the top-k mask; Bernoulli: thresholded or sampled; sign: the
-      fixed mask ``state.mask``.
+      fixed mask ``state.mask``; jackpot: the short restriction of the scores
+      applied to ``state.mask``; signed: the nonzeros of the ternary mask.
 
     Raises:
       ValueError: a ``key`` for a method that does not sample, or scores that do not
@@ -382,8 +416,11 @@ def export_mask(
     search._check(scores, state)
     if key is not None and search.method != "bernoulli":
         raise ValueError(f"key: only the bernoulli method samples, not {search.method!r}")
-    if search.method == "edge-popup":
-        soft = jax.tree.map(jnp.abs, scores) if search.rank == "abs" else scores
+    if search.method == "jackpot":
+        return short_restriction(scores, state.mask, prunable=search.prunable)
+    if search.method in ("edge-popup", "signed"):
+        soft = (jax.tree.map(jnp.abs, scores) if search.rank == "abs" or
+                search.method == "signed" else scores)
         return topk_mask(
             soft, search.keep, layer_keep=search.layer_keep, prunable=search.prunable
         )
@@ -398,7 +435,7 @@ def export_mask(
 
 
 def export_signs(search: Supermask, scores: Scores, state: SearchState) -> Params:
-    """The learned signs (``±1`` in the weights' dtypes); all ``+1`` unless sign method.
+    """The learned signs (``±1`` in the weights' dtypes); all ``+1`` unless sign/signed.
 
     Args:
       search: the :class:`Supermask`.
@@ -407,12 +444,12 @@ def export_signs(search: Supermask, scores: Scores, state: SearchState) -> Param
 
     Returns:
       A pytree like the weights: ``sign(s)`` (``sign(0) := +1``) on the prunable
-      leaves of the sign method, ``1`` everywhere else.
+      leaves of the sign and signed methods, ``1`` everywhere else.
     """
     search._check(scores, state)
 
     def leaf(path, w, s):
-        if search.method == "sign" and search.prunable(path, w):
+        if search.method in ("sign", "signed") and search.prunable(path, w):
             return _sign(s).astype(jnp.result_type(w))
         return jnp.ones_like(w)
 
