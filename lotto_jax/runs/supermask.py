@@ -22,10 +22,11 @@ array when ``--replicates S > 1``)::
       metrics.json              accuracies and curve (written last: the commit marker)
     export/                     the found network, as plain pytrees like the params
       mask/                     the found mask (boolean)
-      signs/                    sign method only: the learned signs (±1)
+      signs/                    sign and signed methods: the learned signs (±1)
+      ternary/                  signed method: the mask in {-1, 0, +1} (int8)
       scores/                   the trained scores
       weights/                  the frozen weights (the found network is
-                                weights ⊙ mask, times signs for the sign method)
+                                weights ⊙ mask, times signs for sign / signed)
       model_state/              the trained BatchNorm statistics (models with BN)
     results.json                the search's results (written last of all)
 
@@ -68,11 +69,16 @@ from lotto_jax.supermask import (
     edge_popup,
     export_mask,
     export_signs,
+    export_ternary,
     export_weights,
     init_scores,
     init_state,
     init_weights,
+    jackpot,
+    jackpot_mask,
+    jackpot_scores,
     sign,
+    signed,
 )
 
 __all__ = ["MUTABLE_FIELDS", "SupermaskConfig", "load_params", "main"]
@@ -92,14 +98,18 @@ class SupermaskConfig(common.RunOptions):
         from :func:`default_train_config`; pass another ``train`` for the others).
         ``--replicates S`` searches S replicates (seed ``seed + i``, data seed
         ``data_seed + i``) in one vmapped fit.
-      method: ``edge-popup``, ``bernoulli`` or ``sign``.
-      keep: fraction of weights kept per layer: edge-popup's k, the sign method's
-        fixed-mask density, and the fan-in scale of ``scaled-signed-constant``.
+      method: ``edge-popup``, ``bernoulli``, ``sign``, ``jackpot`` (Lottery
+        Jackpots: needs ``pretrained``) or ``signed`` (masks in {-1, 0, +1}).
+      keep: fraction of weights kept: per layer for edge-popup, signed and the sign
+        method's fixed mask; for jackpot over all prunable layers but the
+        classifier (one global magnitude threshold; the classifier stays dense);
+        and the fan-in scale of ``scaled-signed-constant``.
       weight_init: frozen random weights: ``kaiming-normal``, ``signed-constant``
         or ``scaled-signed-constant`` (the default: the paper's best, σ/sqrt(keep);
         ignored with ``pretrained``).
       score_init: ``kaiming-uniform`` or ``magnitude``; default: magnitude with
-        ``pretrained``, kaiming-uniform otherwise.
+        ``pretrained``, kaiming-uniform otherwise. Not for jackpot (its scores
+        are 1 where the start mask keeps, 0.99 where it prunes).
       pretrained: path of an orbax checkpoint with the params to search in (a
         params pytree, or a tree with a ``params`` entry), instead of random ones.
       sign_mask: scores of the sign method's fixed layerwise mask: ``random`` or
@@ -153,6 +163,16 @@ class SupermaskConfig(common.RunOptions):
             )
         if self.pretrained is not None and not os.path.exists(self.pretrained):
             raise ValueError(f"pretrained: no checkpoint at {self.pretrained!r}")
+        if self.method == "jackpot" and self.pretrained is None:
+            raise ValueError(
+                "pretrained: the jackpot method searches in trained weights; pass the "
+                "orbax checkpoint of a trained network (e.g. RUN/train/final)"
+            )
+        if self.method == "jackpot" and self.score_init is not None:
+            raise ValueError(
+                f"score_init: the jackpot method starts from scores 1 (kept) / 0.99 "
+                f"(pruned), not {self.score_init!r}; drop --score-init"
+            )
 
 
 def load_params(path: str, like: Params) -> Params:
@@ -207,7 +227,8 @@ def main(config: SupermaskConfig) -> dict[str, Any]:
       ``best_test_accuracy``, ``early_stop_*`` (with a validation split),
       ``exported_test_accuracy`` (the exported mask on the plain model),
       ``baselines`` (``all_ones``: the frozen weights with no search; ``shuffled``:
-      the found mask shuffled per layer, edge-popup and Bernoulli) and, for
+      the found mask shuffled per layer, all but sign and signed; ``magnitude``,
+      jackpot only: the start mask, one-shot magnitude pruning) and, for
       Bernoulli, ``expected_test_accuracy``, ``threshold_test_accuracy`` and
       ``sampled_test_accuracy`` (mean, and ``sampled_test_accuracies``). With
       replicates, a list wherever the replicates differ.
@@ -234,11 +255,15 @@ class _Search:
         self.n_rep = c.run.replicates
         self.other = c.other_params or ("keep" if c.pretrained else "neutral")
         self.score_init = c.score_init or ("magnitude" if c.pretrained else "kaiming-uniform")
+        if c.method == "jackpot":
+            self.score_init = "jackpot"
         apply_fn = train.classifier(self.prep.module)
         self.search = {
             "edge-popup": lambda: edge_popup(apply_fn, keep=c.keep),
             "bernoulli": lambda: bernoulli(apply_fn, evaluation="expected"),
             "sign": lambda: sign(apply_fn),
+            "jackpot": lambda: jackpot(apply_fn),
+            "signed": lambda: signed(apply_fn, keep=c.keep),
         }[c.method]()
         # read here, not under eval_shape (orbax restores with jax ops)
         self.pretrained = load_params(c.pretrained, self.prep.params) if c.pretrained else None
@@ -259,8 +284,12 @@ class _Search:
         else:
             weights = init_weights(params, key=keys["weights"], method=c.weight_init,
                                    keep=c.keep, other=self.other)
+        if c.method == "jackpot":
+            start = jackpot_mask(weights, c.keep)
+            return {"params": jackpot_scores(start),
+                    "model_state": init_state(weights, prep.model_state, mask=start)}
         scores = init_scores(weights, key=keys["scores"], method=self.score_init)
-        if c.method == "edge-popup":
+        if c.method in ("edge-popup", "signed"):
             state = init_state(weights, prep.model_state)
         elif c.method == "bernoulli":  # raw key data: a stored state holds no typed key
             state = init_state(weights, prep.model_state,
@@ -331,8 +360,8 @@ class _Search:
 
     def _export(self) -> None:
         """Saves the export items the store lacks (all derive from ``search/final``)."""
-        names = ["mask", *(["signs"] if self.c.method == "sign" else []), "scores",
-                 "weights"]
+        names = ["mask", *(["signs"] if self.c.method in ("sign", "signed") else []),
+                 *(["ternary"] if self.c.method == "signed" else []), "scores", "weights"]
         if jax.tree.leaves(self.target["model_state"].model_state):
             names.append("model_state")
         missing = [n for n in names if not self.store.has(f"export/{n}")]
@@ -370,9 +399,10 @@ class _Search:
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _mask_and_signs(search, scores, state, stacked: bool) -> dict[str, Any]:
-    """The found mask and signs (per replicate when ``stacked``)."""
+    """The found mask, signs and ternary mask (per replicate when ``stacked``)."""
     def one(s, st):
-        return {"mask": export_mask(search, s, st), "signs": export_signs(search, s, st)}
+        return {"mask": export_mask(search, s, st), "signs": export_signs(search, s, st),
+                "ternary": export_ternary(search, s, st)}
 
     return jax.vmap(one)(scores, state) if stacked else one(scores, state)
 
@@ -414,7 +444,11 @@ class _Evaluator:
             "baselines": {"all_ones": self.accuracy(start["model_state"].weights,
                                                     start["model_state"].model_state)},
         }
-        if c.method != "sign":
+        if c.method == "jackpot":  # the start mask: one-shot magnitude pruning
+            st = start["model_state"]
+            res["baselines"]["magnitude"] = self.accuracy(
+                masks.apply(st.weights, st.mask), st.model_state)
+        if c.method not in ("sign", "signed"):
             shuffled = jax.jit(masks.shuffle)(mask, keys["mask"])
             res["baselines"]["shuffled"] = self.accuracy(
                 masks.apply(state.weights, shuffled), state.model_state
