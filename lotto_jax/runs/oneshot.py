@@ -29,7 +29,11 @@ Layout::
                                 accuracies per scope, the kept counts, the knees
     figures/accuracy.png        accuracy vs % of weights remaining, knees marked
 
-The source is read, never written. The one-shot evaluations are recomputed on
+The source is read, never written; its ``config.json`` gives the model, the data
+(a relative ``npz:`` path is read from the current directory, as by the source's own
+command) and the optimiser. A ``lotto train`` run trained under ``--mask`` starts
+from that mask: the weights it prunes stay pruned, and a density above the run's
+keeps its mask as it is (densities always count all prunable weights). The one-shot evaluations are recomputed on
 every run (seconds); the retraining units train in one stacked fit through the
 engine (:mod:`lotto_jax.runs.engine`): a killed run resumes them, finished ones
 are never retrained, and densities or scopes added on a rerun train only the
