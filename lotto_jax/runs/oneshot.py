@@ -228,6 +228,16 @@ def _rows(tree, n: int | None):
                                      for i in range(n)]
 
 
+def _kept(stack, prunable: list[bool]) -> list[int]:
+    """Kept prunable weights of each row of a stacked mask."""
+    import jax
+    import numpy as np
+
+    leaves = [np.asarray(m) for m, p in zip(jax.tree_util.tree_leaves(stack), prunable,
+                                            strict=True) if p]
+    return [int(sum(m[i].sum() for m in leaves)) for i in range(leaves[0].shape[0])]
+
+
 def _oneshot(config: OneshotConfig, prep, final, start_mask, n):
     """Per scope: ``{"masks": stacked over replicates per density, "dense": [S],
     "accuracy": [D][S], "kept": [D][S]}``."""
@@ -254,10 +264,7 @@ def _oneshot(config: OneshotConfig, prep, final, start_mask, n):
                                           batch_size=prep.trainer.config.eval_batch_size)
             dense.append(float(a[0]))
             acc.append([float(x) for x in a[1:]])
-            leaves = jax.tree_util.tree_leaves(stack)
-            kept.append([int(sum(np.asarray(m[i]).sum() for m, p in zip(leaves, prunable,
-                                                                        strict=True) if p))
-                         for i in range(len(config.densities))])
+            kept.append(_kept(stack, prunable))
             per.append(stack)
         masks_by_density = [
             (common.stack if n else lambda t: t[0])(
