@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from _killrun import assert_killed, assert_same_run, engine_lines, lotto
 from _killrun import here as run_here
 from _numpy_ref import mlp_accuracy
 
@@ -292,10 +293,12 @@ def _restore(out, name):
     return ocp.StandardCheckpointer().restore(str(out / "export" / name))
 
 
+JACKPOT = ("--method", "jackpot", "--keep", "0.2", "--save-every", "10")
+
+
 def test_lotto_supermask_jackpot_end_to_end(tiny):
     out = tiny["root"] / "jackpot"
-    r = run_here(_args(tiny, out, "--method", "jackpot", "--keep", "0.2",
-                       "--pretrained", tiny["ckpt"]))
+    r = run_here(_args(tiny, out, *JACKPOT, "--pretrained", tiny["ckpt"]))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "jackpot" and res["score_init"] == "jackpot"
@@ -305,6 +308,7 @@ def test_lotto_supermask_jackpot_end_to_end(tiny):
     start = np_global_magnitude(tiny["params"], 0.2)
     for k in ("Dense_0", "Dense_1"):  # per-layer nnz of the start, kept to the end
         assert int(np.sum(mask[k]["kernel"])) == int(start[k].sum())
+    assert sum(int(np.sum(mask[k]["kernel"] != start[k])) for k in start) > 0  # it moved
     assert np.all(mask["output"]["kernel"])
     ticket = jax.tree.map(lambda w, m: np.where(m, w, 0), weights, mask)
     assert mlp_accuracy(ticket, tiny["test"]) == pytest.approx(
@@ -315,10 +319,23 @@ def test_lotto_supermask_jackpot_end_to_end(tiny):
     onehot["output"] = tiny["params"]["output"]
     assert res["baselines"]["magnitude"] == pytest.approx(
         mlp_accuracy(onehot, tiny["test"]), abs=1 / 200 + 1e-9)
-    again = run_here(_args(tiny, out, "--method", "jackpot", "--keep", "0.2",
-                           "--pretrained", tiny["ckpt"]))
+    again = run_here(_args(tiny, out, *JACKPOT, "--pretrained", tiny["ckpt"]))
     assert again.returncode == 0 and "training from step" not in again.stderr
     assert json.loads((out / "results.json").read_text()) == res
+
+
+def test_jackpot_killed_mid_search_resumes_to_the_same_run(tiny, tmp_path):
+    """SIGKILLed after the step-10 checkpoint (a subprocess), rerun: the search goes
+    on from step 10 with the carried mask and ends bit-equal to the uninterrupted
+    run of the test above."""
+    out = tmp_path / "run"
+    args = _args(tiny, out, *JACKPOT, "--pretrained", tiny["ckpt"])
+    assert_killed(lotto(args, cache_dir=tmp_path / "xla",
+                        kill_after="search/checkpoints/step_00000010"))
+    again = run_here(args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "search: training from step 10" in engine_lines(again)
+    assert_same_run(tiny["root"] / "jackpot", out)
 
 
 def test_zero_score_lr_is_one_shot_magnitude_pruning(tiny):
