@@ -21,6 +21,7 @@ References:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -106,7 +107,9 @@ def save(fig, path: str) -> str:
     """Writes ``fig`` as a PNG at ``path`` (creating its directory); returns ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    with warnings.catch_warnings():  # a legend's "best" search on a loaded machine
+        warnings.filterwarnings("ignore", message="Creating legend with loc")
+        fig.savefig(path, format="png", bbox_inches="tight")
     return path
 
 
