@@ -21,7 +21,7 @@ halves B1 and B2 (5-7 and 8-9). The run, every network through the engine
    are the baseline;
 6. *graft/fF* (``--graft-fractions``): skill localisation (Panigrahi et al.
    2023) on task B: base patch = the top F of ``|θ1 − θ0|``, scores descending
-   the task loss for ``--graft-steps`` steps; the rounded region with the best
+   the task loss for ``--graft-steps`` steps at each ``--graft-lrs``; the rounded region with the best
    selection accuracy (validation, else train) is kept; its size and the
    fraction of the fine-tuned accuracy it recovers are reported.
 
@@ -36,7 +36,7 @@ Layout::
                                  phi/ (φ: flat indices and values), eval.json
     random/B/k266/               the random-K control, as ltsft
     compose/k266.json, full.json composition records
-    graft/f0.001/                scores/ (the best S), metrics.json
+    graft/f0.001/lr1e+07/        scores/ (the best S), metrics.json
     results.json, figures/       the summary (written last), sft.png, graft.png
 
 Every unit and record is committed as it finishes: a killed run resumes from its
@@ -59,7 +59,8 @@ from lotto_jax.runs.common import STORE_FIELDS, RunConfig, RunOptions
 
 __all__ = ["MUTABLE_FIELDS", "SftConfig", "main"]
 
-MUTABLE_FIELDS: tuple[str, ...] = (*STORE_FIELDS, "run.data_dir", "k", "graft_fractions")
+MUTABLE_FIELDS: tuple[str, ...] = (*STORE_FIELDS, "run.data_dir", "k", "graft_fractions",
+                                   "graft_lrs")
 """Fields a rerun may change: new K values or graft sizes add units, finished ones
 are kept."""
 
@@ -88,7 +89,9 @@ class SftConfig(RunOptions):
       graft_fractions: grafting's base patch sizes, fractions in (0, 1] of all
         weights (``()``: no grafting).
       graft_steps: descent steps of the graft scores.
-      graft_lr: their learning rate (the reference scripts: 1e7).
+      graft_lrs: their learning rates (the reference scripts: 1e7); each with
+        each base patch size is one grafting: the rate sets how far the region
+        grows beyond the base patch.
       graft_batch: examples per graft step (at most task B's training set).
       out: the run directory (layout: module docs).
     """
@@ -103,7 +106,7 @@ class SftConfig(RunOptions):
     compose: bool = True
     graft_fractions: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
     graft_steps: int = 50
-    graft_lr: float = 1e7
+    graft_lrs: tuple[float, ...] = (1e7,)
     graft_batch: int = 1000
     out: str = dataclasses.field(default="runs/sft", kw_only=True)
 
@@ -132,10 +135,12 @@ class SftConfig(RunOptions):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0
                                   or (v == 0 and name != "graft_steps")):
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
-        for name in ("finetune_lr", "graft_lr"):
-            v = getattr(self, name)
-            if v is not None and not v > 0:
-                raise ValueError(f"{name}: expected a positive learning rate, got {v!r}")
+        if self.finetune_lr is not None and not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr: expected a positive learning rate, got "
+                             f"{self.finetune_lr!r}")
+        if not self.graft_lrs or any(isinstance(v, bool) or not v > 0 for v in self.graft_lrs):
+            raise ValueError(f"graft_lrs: expected positive learning rates, got "
+                             f"{list(self.graft_lrs)}")
 
 
 def tasks(config: SftConfig, dataset) -> dict[str, Any]:

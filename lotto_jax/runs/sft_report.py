@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
-
 __all__ = ["figures", "format_table", "print_table"]
 
 
@@ -41,11 +39,11 @@ def format_table(results: dict[str, Any]) -> str:
             f["own"], f["composed"], f["interference"], strict=True))
         lines.append(f"  full FT    {halves}; B {_pct(f['composed_B'])}")
     if results.get("graft"):
-        lines += ["", f"{'graft base':>10} {'region':>8} {'% weights':>9} {'base acc':>8} "
+        lines += ["", f"{'graft base':>10} {'lr':>6} {'region':>8} {'% weights':>9} {'base acc':>8} "
                   f"{'acc':>7} {'ft acc':>7} {'recovered':>9}"]
         for g in results["graft"]:
             rec = "-" if g["recovered"] is None else f"{100 * g['recovered']:.1f}%"
-            lines.append(f"{g['fraction']:>10g} {g['region']:>8} "
+            lines.append(f"{g['fraction']:>10g} {g['lr']:>6.0e} {g['region']:>8} "
                          f"{100 * g['region_fraction']:>9.4f} {_pct(g['base_accuracy']):>8} "
                          f"{_pct(g['accuracy']):>7} {_pct(g['finetuned_accuracy']):>7} "
                          f"{rec:>9}")
@@ -77,17 +75,19 @@ def figures(results: dict[str, Any], directory: str) -> list[str]:
                                title=f"sparse fine-tuning: {results['model']}")
     out.append(plots.save(fig, os.path.join(directory, "sft.png")))
     if results.get("graft"):
-        g = results["graft"]
-        x = np.array([100 * r["region_fraction"] for r in g])
-        order = np.argsort(x)
-        rec = np.array([100 * (r["recovered"] or 0.0) for r in g])
-        base = np.array([100 * r["base_accuracy"] / r["finetuned_accuracy"]
-                         if r["finetuned_accuracy"] else 0.0 for r in g])
+        series = {}
+        for lr in sorted({r["lr"] for r in results["graft"]}):
+            g = sorted((r for r in results["graft"] if r["lr"] == lr),
+                       key=lambda r: r["region_fraction"])
+            series[f"graft, lr {lr:g}"] = ([100 * r["region_fraction"] for r in g],
+                                           [100 * (r["recovered"] or 0.0) for r in g], None)
+        g = sorted(results["graft"], key=lambda r: r["base"])
+        series["base patch only"] = (
+            [100 * r["base"] / results["num_weights"] for r in g],
+            [100 * r["base_accuracy"] / r["finetuned_accuracy"] if r["finetuned_accuracy"]
+             else 0.0 for r in g], None)
         fig = plots.density_figure(
-            {"graft (trained region)": (x[order], rec[order], None),
-             "base patch only": (np.array([100 * r["base"] / results["num_weights"]
-                                           for r in g]), base, None)},
-            xlabel="Percent of weights grafted", ylabel="% of fine-tuned accuracy",
+            series, xlabel="Percent of weights grafted", ylabel="% of fine-tuned accuracy",
             reverse_x=False, title="grafting: region size vs recovered accuracy")
         out.append(plots.save(fig, os.path.join(directory, "graft.png")))
     return out

@@ -30,9 +30,9 @@ def unit_name(kind: str, task: str, k: int) -> str:
     return f"{kind}/{task}/k{k}"
 
 
-def graft_name(fraction: float) -> str:
-    """``graft/f0.001``: the grafting with that base patch size."""
-    return f"graft/f{fraction:g}"
+def graft_name(fraction: float, lr: float) -> str:
+    """``graft/f0.001/lr1e+07``: the grafting with that base patch size and rate."""
+    return f"graft/f{fraction:g}/lr{lr:g}"
 
 
 def _log(line: str) -> None:
@@ -188,8 +188,8 @@ class Stages:
         return self.cached("compose/full.json", make)
 
     # ----------------------------------------------------------------- grafting
-    def graft(self, i: int, fraction: float) -> dict[str, Any]:
-        name = graft_name(fraction)
+    def graft(self, i: int, fraction: float, lr: float) -> dict[str, Any]:
+        name = graft_name(fraction, lr)
         if self.store.exists(f"{name}/metrics.json"):
             _log(f"{name}: finished, kept")
             return self.store.read_json(f"{name}/metrics.json")
@@ -200,7 +200,7 @@ class Stages:
         base = sft.base_patch(pre, ft, fraction)
         key = jax.random.fold_in(jax.random.key(c.run.seed), 2000 + i)
         scores = sft.init_scores(pre, key=key)
-        step = _graft_step_fn(self.plain["B"].apply_fn, c.graft_lr)
+        step = _graft_step_fn(self.plain["B"].apply_fn, lr)
         select = ds.validation if ds.validation is not None else ds.train
         x, y = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
         best, best_acc, best_step = scores, self.selected_accuracy(base, scores, select), 0
@@ -216,7 +216,7 @@ class Stages:
         size = int(sum(int(jnp.sum(r)) for r in jax.tree.leaves(region)))
         acc_ft = self.accuracy(ft, ms, "B")
         acc = self.accuracy(grafted, ms, "B")
-        rec = {"fraction": fraction, "base": int(sum(int(jnp.sum(b))
+        rec = {"fraction": fraction, "lr": lr, "base": int(sum(int(jnp.sum(b))
                                                      for b in jax.tree.leaves(base))),
                "base_accuracy": self.accuracy(sft.graft(pre, ft, base), ms, "B"),
                "region": size, "region_fraction": size / self.n, "best_step": best_step,
@@ -275,7 +275,8 @@ class Stages:
             rows += self.evaluate_sparse("ltsft", "B1", p1)
             rows += self.evaluate_sparse("ltsft", "B2", p2)
             compose, compose_full = self.compose(p1, p2), self.compose_full()
-        grafts = [self.graft(i, f) for i, f in enumerate(c.graft_fractions)]
+        grafts = [self.graft(i, f, lr) for i, f in enumerate(c.graft_fractions)
+                  for lr in c.graft_lrs]
         return {
             "method": "sft", "model": c.run.model, "dataset": c.run.dataset,
             "tasks": {t: sorted({int(v) for v in d.train.y}) for t, d in self.ts.items()},
