@@ -463,6 +463,7 @@ BAD = [
     (["--graft-lrs", "-1"], "--graft-lrs: expected positive learning rates"),
     (["--replicates", "2"], "--replicates: lotto sft trains one network per unit"),
     (["--batch-size", "500"], "--batch-size: 500 is larger than the training set"),
+    (["--repair"], "--repair: lotto sft's layout is not known to --repair yet"),
 ]
 
 

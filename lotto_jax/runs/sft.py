@@ -120,6 +120,9 @@ class SftConfig(RunOptions):
         if self.compose and len(b) < 2:
             raise ValueError(f"task_b: --compose splits it in two, needs >= 2 classes, "
                              f"got {list(b)}")
+        if self.repair:
+            raise ValueError("repair: lotto sft's layout is not known to --repair yet; "
+                             "delete the corrupt unit's directory and rerun instead")
         if self.run.replicates != 1:
             raise ValueError(f"replicates: lotto sft trains one network per unit, got "
                              f"{self.run.replicates}")
