@@ -57,8 +57,10 @@ def print_table(results: dict[str, Any]) -> None:
 
 def figures(results: dict[str, Any], directory: str) -> list[str]:
     """``sft.png`` (task-B accuracy vs % of weights fine-tuned: LT-SFT, random-K,
-    full fine-tuning as a line) and ``graft.png`` (recovered fraction vs region
-    size) in ``directory``; returns their paths."""
+    full fine-tuning as a line) and ``graft.png`` (the fraction of the fine-tuned
+    accuracy recovered vs the region size, one line per base patch over the
+    rates; the base patch alone; LT-SFT's trained weights for comparison) in
+    ``directory``; returns their paths."""
     from lotto_jax.runs import plots
 
     out = []
@@ -76,11 +78,16 @@ def figures(results: dict[str, Any], directory: str) -> list[str]:
     out.append(plots.save(fig, os.path.join(directory, "sft.png")))
     if results.get("graft"):
         series = {}
-        for lr in sorted({r["lr"] for r in results["graft"]}):
-            g = sorted((r for r in results["graft"] if r["lr"] == lr),
+        for f in sorted({r["fraction"] for r in results["graft"]}):
+            g = sorted((r for r in results["graft"] if r["fraction"] == f),
                        key=lambda r: r["region_fraction"])
-            series[f"graft, lr {lr:g}"] = ([100 * r["region_fraction"] for r in g],
-                                           [100 * (r["recovered"] or 0.0) for r in g], None)
+            series[f"graft, base patch {100 * f:g} %"] = (
+                [100 * r["region_fraction"] for r in g],
+                [100 * (r["recovered"] or 0.0) for r in g], None)
+        lt = [r for r in results["sparse"] if r["kind"] == "ltsft" and r["task"] == "B"]
+        if lt and full:
+            series["LT-SFT (trained)"] = ([100 * r["fraction"] for r in lt],
+                                          [100 * r["accuracy"] / full for r in lt], None)
         g = sorted(results["graft"], key=lambda r: r["base"])
         series["base patch only"] = (
             [100 * r["base"] / results["num_weights"] for r in g],
