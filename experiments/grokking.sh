@@ -12,9 +12,12 @@
 #   mem_imp/      round 0 = the dense run's first MEM steps (memorised: train 100 %,
 #                 test ~0 %); its round-1 mask is the ticket drawn during memorisation
 #   mem_ticket/   that mask rewound to θ0, trained for STEPS
+#   ticket_wd0/   the ticket retrained without weight decay (the reference's
+#                 config_pruning.py), and dense_wd0/ the dense control, for STEPS
 # Then the figure and the steps-to-95 % table (experiments/grokking_summary.py).
 # Usage: [SEEDS="0 1 2"] [STEPS=30000] [MEM=1000] bash experiments/grokking.sh [out dir]
-# (results/grokking: seed 0, STEPS=15000, on a shared 2-core CPU.)
+# (results/grokking: STEPS=15000 on a shared 2-core CPU; seed 0 in full, seeds 1 and 2
+#  only imp/, i.e. SEEDS="1 2" with the lines after lotto imp left out.)
 set -euo pipefail
 OUT=${1:-experiments/results/grokking}
 SEEDS=${SEEDS:-0 1 2}
@@ -33,5 +36,9 @@ for seed in $SEEDS; do
   lotto imp --recipe grokking --steps "$MEM" --seed "$seed" --out "$d/mem_imp"
   lotto train --recipe grokking-train --mask "$d/mem_imp/round_001/mask" --steps "$STEPS" \
     --seed "$seed" --out "$d/mem_ticket"
+  lotto train --recipe grokking-train --mask "$d/imp/round_001/mask" --weight-decay 0 \
+    --steps "$STEPS" --seed "$seed" --out "$d/ticket_wd0"
+  lotto train --recipe grokking-train --weight-decay 0 --steps "$STEPS" --seed "$seed" \
+    --out "$d/dense_wd0"
 done
 python experiments/grokking_summary.py "$OUT"
