@@ -11,12 +11,12 @@
 # fine-tuned separately, θ0 + φ_B1 + φ_B2. Grafting on task B: base patches of
 # 0.01 % and 0.1 %, 30 score steps of 1,000 examples at lr 3e5, 1e6, 3e6 and 1e7
 # (the reference's), region chosen by validation accuracy.
-# Seeds: init seed = data seed = s for s in SEEDS (default "0 1").
+# Seeds: init seed = data seed = s for s in SEEDS (default "0 1 2").
 # Usage: bash experiments/sft.sh [path/to/mnist.npz] [out dir] ["seeds"]
 set -euo pipefail
 NPZ=${1:-../shared/data/mnist.npz}
 OUT=${2:-experiments/results/sft}
-SEEDS=${3:-0 1}
+SEEDS=${3:-0 1 2}
 for s in $SEEDS; do
   lotto sft --model lenet300 --dataset "npz:$NPZ" --validation 5000 --seed "$s" \
     --data-seed "$s" --steps 1000 --finetune-steps 500 --batch-size 60 --optimizer adam \
