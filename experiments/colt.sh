@@ -18,15 +18,16 @@ COLT_ROUNDS=${3:-12}
 IMP_ROUNDS=${4:-22}
 STEPS=${5:-3000}
 REPS=${6:-1}
-COMMON=(--model lenet300 --dataset "npz:$NPZ" --validation 5000 --steps "$STEPS"
-        --batch-size 60 --optimizer adam --lr 1.2e-3 --eval-every 500 --replicates "$REPS"
-        --fraction 0.15 --scope global --output-fraction None)
-lotto colt "${COMMON[@]}" --rounds "$COLT_ROUNDS" --out "$OUT/colt"
-lotto imp "${COMMON[@]}" --rounds "$IMP_ROUNDS" --out "$OUT/imp"
+# (recipes colt-lenet300 and colt-imp-lenet300: lotto recipes)
+COMMON=(--dataset "npz:$NPZ" --steps "$STEPS" --replicates "$REPS")
+lotto colt --recipe colt-lenet300 "${COMMON[@]}" --rounds "$COLT_ROUNDS" --out "$OUT/colt"
+lotto imp --recipe colt-imp-lenet300 "${COMMON[@]}" --rounds "$IMP_ROUNDS" --out "$OUT/imp"
 # ablation: each range keeps its labels (its own output units of the shared head)
-lotto colt "${COMMON[@]}" --rounds "$COLT_ROUNDS" --labels keep --out "$OUT/colt_keep"
+lotto colt --recipe colt-lenet300 "${COMMON[@]}" --rounds "$COLT_ROUNDS" --labels keep \
+  --out "$OUT/colt_keep"
 # control: IMP removing 25 % per round, about COLT's effective rate (0.75^12 = 3.2 %)
-lotto imp "${COMMON[@]/0.15/0.25}" --rounds "$COLT_ROUNDS" --out "$OUT/imp_f25"
+lotto imp --recipe colt-imp-lenet300 "${COMMON[@]}" --fraction 0.25 --rounds "$COLT_ROUNDS" \
+  --out "$OUT/imp_f25"
 lotto report "$OUT/colt"
 lotto report "$OUT/imp"
 python experiments/colt_table.py "$OUT"

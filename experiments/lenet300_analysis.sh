@@ -19,14 +19,13 @@ NPZ=${2:-../shared/data/mnist.npz}
 IMP=$OUT/structured/lenet300_weight
 A=$OUT/lenet300_analysis
 lotto stability --run "$IMP" --rewind-steps 0 --rounds 0 5 10 --out "$A/stability"
-LENET=(--model lenet300 --dataset "npz:$NPZ" --validation 5000 --steps 5000
-       --batch-size 60 --optimizer adam --lr 1.2e-3 --eval-every 500 --replicates 3)
-for method in synflow snip random; do
-  lotto pai "${LENET[@]}" --method "$method" --density 0.109 --scope global --controls \
+for method in synflow snip random; do  # recipe lenet300-5k-pai: lenet300-5k-imp's training
+  lotto pai --recipe lenet300-5k-pai --dataset "npz:$NPZ" --method "$method" \
     --out "$A/pai_$method"
 done
-lotto dst "${LENET[@]}" --method rigl --density 0.109 --distribution erk --update-every 100 \
-  --out "$A/dst_rigl"
+lotto dst --model lenet300 --dataset "npz:$NPZ" --validation 5000 --steps 5000 \
+  --batch-size 60 --optimizer adam --lr 1.2e-3 --eval-every 500 --replicates 3 \
+  --method rigl --density 0.109 --distribution erk --update-every 100 --out "$A/dst_rigl"
 lotto compare "$IMP@10#0" "$IMP@10#1" "$IMP@10#2" "$A/pai_synflow#0" "$A/pai_snip#0" \
   "$A/pai_random#0" "$A/dst_rigl#0" --out "$A/compare_matrix"
 lotto compare "$IMP@10#0" "$A/pai_synflow#0" --out "$A/compare_imp_synflow"

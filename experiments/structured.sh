@@ -17,21 +17,19 @@
 set -euo pipefail
 OUT=${1:-experiments/results/structured}
 NPZ=${2:-../shared/data/mnist.npz}
-RES=(--model resmlp --dataset mnist1d --steps 1500 --batch-size 100 --optimizer adam
-     --lr 2e-3 --eval-every 250 --replicates 3)
-lotto imp "${RES[@]}" --structure weight --rounds 8 --fraction 0.2 --scope layerwise \
-  --out "$OUT/resmlp_weight"
-lotto imp "${RES[@]}" --structure neuron --rounds 8 --fraction 0.2 --scope layerwise \
-  --out "$OUT/resmlp_neuron"
-lotto imp "${RES[@]}" --structure layer --rounds 4 --fraction 0.25 --out "$OUT/resmlp_layer"
+# (recipes resmlp-imp, resmlp-pai and lenet300-5k-imp: lotto recipes)
+lotto imp --recipe resmlp-imp --structure weight --out "$OUT/resmlp_weight"
+lotto imp --recipe resmlp-imp --structure neuron --out "$OUT/resmlp_neuron"
+lotto imp --recipe resmlp-imp --structure layer --rounds 4 --fraction 0.25 \
+  --out "$OUT/resmlp_layer"
 for density in 0.5 0.25; do
   for method in snip synflow random; do
-    lotto pai "${RES[@]}" --structure layer --method "$method" --density "$density" \
-      --controls --out "$OUT/resmlp_pai_layer/${method}_d${density}"
+    lotto pai --recipe resmlp-pai --method "$method" --density "$density" \
+      --out "$OUT/resmlp_pai_layer/${method}_d${density}"
   done
 done
-LENET=(--model lenet300 --dataset "npz:$NPZ" --validation 5000 --steps 5000
-       --batch-size 60 --optimizer adam --lr 1.2e-3 --eval-every 500 --replicates 3)
-lotto imp "${LENET[@]}" --structure weight --rounds 10 --fraction 0.2 --out "$OUT/lenet300_weight"
-lotto imp "${LENET[@]}" --structure neuron --rounds 10 --fraction 0.2 --out "$OUT/lenet300_neuron"
+for structure in weight neuron; do
+  lotto imp --recipe lenet300-5k-imp --dataset "npz:$NPZ" --structure "$structure" \
+    --out "$OUT/lenet300_$structure"
+done
 lotto report "$OUT"

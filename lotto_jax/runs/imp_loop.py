@@ -262,12 +262,16 @@ def run_imp(
         record["replicates"] = replicate_count(params0=params0, model_state0=model_state0,
                                                data_key=data_key, key=key)
     owned = None  # a store opened here is closed (its lock released) here
+    # a training option added since a run was written, at its default, is no change
+    defaults = {"train": common.config_to_dict(type(trainer.config)())}
     if isinstance(store, str):
-        store = owned = RunStore.open(store, record, mutable=("rounds", "controls"))
+        store = owned = RunStore.open(store, record, mutable=("rounds", "controls"),
+                                      defaults=defaults)
     clock, writer = Clock(), None
     try:
         if store is not None:
-            store.check_record("driver", record, mutable=("rounds", "controls"))
+            store.check_record("driver", record, mutable=("rounds", "controls"),
+                               defaults=defaults)
             store = writer = WriteBehind(store, clock)
         engine = Engine(trainer, dataset, data_key, store, stacked=replicates, mesh=mesh,
                         save_every=save_every, save_interval=save_interval,

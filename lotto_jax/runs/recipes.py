@@ -124,6 +124,43 @@ def _lenet300_dense():
     )
 
 
+# The structured-tickets experiments: ResMLP on MNIST-1D (Adam 2e-3: 2e-2 is too
+# large for the pre-norm blocks) and LeNet-300-100 with 5,000 steps per training.
+_RESMLP = dict(steps=1500, batch_size=100, optimizer="adam", lr=2e-3, eval_every=250)
+_LENET_5K = dict(steps=5000, eval_every=500, **_LENET)
+
+
+def _structured_imp(model, dataset, validation, rounds, **train):
+    from lotto_jax.runs.imp import ImpConfig
+
+    return ImpConfig(run=_run(model, dataset, validation, replicates=3, **train),
+                     rounds=rounds, fraction=0.2, scope="layerwise", rewind="init",
+                     out="runs/structured")
+
+
+def _structured_pai(model, dataset, validation, method, density, structure, **train):
+    from lotto_jax.runs.pai import PaiConfig
+
+    return PaiConfig(run=_run(model, dataset, validation, replicates=3, **train),
+                     method=method, density=density, scope="global", structure=structure,
+                     out="runs/structured_pai")
+
+
+def _colt(command: str):
+    """COLT (``colt``) or its IMP comparison (``imp``) on LeNet-300-100: 3,000 steps
+    per network, 15 % of the kernels pruned globally per round, output layer pooled."""
+    run = _run("lenet300", "tfds:mnist", 5000, steps=3000, eval_every=500, **_LENET)
+    if command == "colt":
+        from lotto_jax.runs.colt import ColtConfig
+
+        return ColtConfig(run=run, rounds=12, fraction=0.15, output_fraction=None,
+                          scope="global", out="runs/colt")
+    from lotto_jax.runs.imp import ImpConfig
+
+    return ImpConfig(run=run, rounds=22, fraction=0.15, output_fraction=None, scope="global",
+                     rewind="init", out="runs/colt_imp")
+
+
 def _pai(model, dataset, validation, controls, **train):
     from lotto_jax.runs.pai import PaiConfig
 
@@ -235,6 +272,56 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "optimiser; --method static|set|gmp|granet for the others",
         "1,500 steps; the papers have no MNIST-1D result; 3 replicates",
         lambda: _dst("mnist1d_mlp", "mnist1d", 0, **_MNIST1D),
+    ),
+    Recipe(
+        "resmlp-imp", "imp",
+        "Jordao et al. 2023 (layer tickets, arXiv:2301.10835) and Li et al. 2017 (unit "
+        "norms, arXiv:1608.08710) on a residual MLP: IMP of weights, neurons (--structure "
+        "neuron) or blocks (--structure layer --rounds 4 --fraction 0.25)",
+        "ResMLP (8 pre-norm blocks, width 128) on MNIST-1D, Adam 2e-3, 1,500 steps per "
+        "round, 8 rounds of 20 % layerwise; 3 replicates; the papers use ResNets on CIFAR",
+        lambda: _structured_imp("resmlp", "mnist1d", 0, 8, **_RESMLP),
+    ),
+    Recipe(
+        "resmlp-pai", "pai",
+        "Jordao et al. 2023 (arXiv:2301.10835): layer tickets at initialisation, block "
+        "scores summed from SNIP (--method snip|synflow|random), half the blocks kept",
+        "their criterion is unverified (a reconstruction: a per-weight saliency summed "
+        "per block); ResMLP on MNIST-1D as resmlp-imp; 3 replicates",
+        lambda: _structured_pai("resmlp", "mnist1d", 0, "snip", 0.5, "layer", **_RESMLP),
+    ),
+    Recipe(
+        "lenet300-5k-imp", "imp",
+        "Frankle & Carbin 2019 (arXiv:1803.03635) LeNet-300-100 optimiser, for the "
+        "structured tickets (--structure weight|neuron) and the stability analysis",
+        "5,000 iterations per round (not 50,000), 10 rounds of 20 % layerwise (output "
+        "10 %); 3 replicates",
+        lambda: _structured_imp("lenet300", "tfds:mnist", 5000, 10, **_LENET_5K),
+    ),
+    Recipe(
+        "lenet300-5k-pai", "pai",
+        "Pruning at init on LeNet-300-100 with lenet300-5k-imp's training, for mask "
+        "overlap with IMP at one density (--method synflow|snip|random --density D)",
+        "5,000 iterations; no sanity checks; 3 replicates",
+        lambda: _structured_pai("lenet300", "tfds:mnist", 5000, "synflow", 0.109, "weight",
+                                **_LENET_5K),
+    ),
+    Recipe(
+        "colt-lenet300", "colt",
+        "Hossain et al. 2022 (COLT, arXiv:2212.12770; ismail31416/COLT): classes 0-4 / "
+        "5-9 (labels remapped), one network per range per round, the next mask the "
+        "intersection of their global magnitude masks (15 % per round), rewind to init",
+        "LeNet-300-100 / MNIST instead of conv nets on CIFAR; Adam 1.2e-3, 3,000 steps per "
+        "network (not 50 epochs of SGD with early stopping); output layer pruned with the "
+        "others; 12 rounds",
+        lambda: _colt("colt"),
+    ),
+    Recipe(
+        "colt-imp-lenet300", "imp",
+        "IMP beside colt-lenet300 (Hossain et al. 2022 compare COLT with IMP at equal "
+        "density): the same training and 15 % global pruning per round, one network",
+        "as colt-lenet300; 22 rounds (to about COLT's 2.8 %)",
+        lambda: _colt("imp"),
     ),
     Recipe(
         "edge-popup-lenet300", "supermask",

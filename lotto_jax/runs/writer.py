@@ -203,9 +203,9 @@ class WriteBehind:
     def latest_step(self, prefix, target=None):
         return self._read(f"{prefix}/checkpoints", self.store.latest_step, prefix, target)
 
-    def check_record(self, name, record, *, mutable=()):
+    def check_record(self, name, record, *, mutable=(), defaults=None):
         self.flush()
-        return self.store.check_record(name, record, mutable=mutable)
+        return self.store.check_record(name, record, mutable=mutable, defaults=defaults)
 
     def path(self, *parts):
         return self.store.path(*parts)
