@@ -394,8 +394,9 @@ def test_lotto_sft_end_to_end(tiny_npz, tmp_path):
     test = {t: np.isin(ds.test.y, c) for t, c in res["tasks"].items()}
     phis = {}
     for task in ("B", "B1", "B2"):
-        theta1 = store.restore(f"finetune/{task}/final")["params"]
-        t0, t1 = _leaves(theta0), _leaves(theta1)
+        t0 = _leaves(theta0)  # full fine-tuning trains δ from θ0: θ1 = θ0 + δ
+        d1 = _leaves(store.restore(f"finetune/{task}/final")["params"])
+        t1 = {k: t0[k] + d1[k] for k in t0}
         mask = _leaves(store.restore(f"ltsft/{task}/k50/mask"))
         want = np_most_changed([t0[k] for k in sorted(t0)], [t1[k] for k in sorted(t0)],
                                50, [True] * len(t0))
@@ -435,7 +436,8 @@ def test_lotto_sft_end_to_end(tiny_npz, tmp_path):
     (g,) = res["graft"]
     s = np.concatenate([v.ravel() for _, v in sorted(_leaves(
         store.restore("graft/f0.01/lr1e+06/scores")).items())])
-    t1 = _leaves(store.restore("finetune/B/final")["params"])
+    d1 = _leaves(store.restore("finetune/B/final")["params"])
+    t1 = {k: t0[k] + d1[k] for k in t0}
     change = np.abs(np.concatenate([(t1[k] - t0[k]).ravel() for k in sorted(t0)]))
     base = np.zeros(change.size, bool)
     base[np.argsort(-change, kind="stable")[:round(0.01 * change.size)]] = True

@@ -8,7 +8,10 @@ halves B1 and B2 (5-7 and 8-9). The run, every network through the engine
 
 1. *pretrain*: θ_init trained on A (``--steps``) → θ0 (LT-SFT's pretrained net);
 2. *finetune/T*: θ0 fully fine-tuned on task T (B, B1, B2) with a fresh
-   optimiser (``--finetune-steps``, ``--finetune-lr``) → θ1;
+   optimiser (``--finetune-steps``, ``--finetune-lr``) → θ1; like every
+   fine-tuning here it trains the difference δ = θ − θ0 (under an all-True mask:
+   Adam on δ from 0 is Adam on θ from θ0), so all fine-tunings of a task share
+   one compiled trainer;
 3. *ltsft/T/kK*: for every ``--k`` (a fraction of all weights, or a count): the
    K entries with the largest ``|θ1 − θ0|`` (:func:`lotto_jax.sft.most_changed`,
    ties may add more), all weights reset to θ0, only those fine-tuned (a fresh
@@ -31,7 +34,8 @@ Layout::
     config.json, driver.json     the config; tasks, sizes, keys
     init/                        θ_init
     pretrain/                    unit: final/ (θ0), metrics.json, eval.json
-    finetune/B/ (B1/, B2/)       units: final/ (θ1), metrics.json, eval.json
+    finetune/B/ (B1/, B2/)       units: final/ (δ, θ0 in its state), metrics.json,
+                                 eval.json
     ltsft/B/k266/                unit: mask/, final/ (δ, θ0 in its state), metrics.json,
                                  phi/ (φ: flat indices and values), eval.json
     random/B/k266/               the random-K control, as ltsft
@@ -184,14 +188,13 @@ def main(config: SftConfig) -> dict[str, Any]:
                              config.run.train.steps,
                              lr=config.finetune_lr or config.run.train.lr)
     apply_fn = train.classifier(prep.module)
-    plain, diff = {}, {}
-    for name, ds in ts.items():
-        size = len(ds.train)
-        plain[name] = train.make_trainer(apply_fn, config.run.train if name == "A" else ft,
-                                         num_train=size, mesh=prep.mesh)
-        if name != "A":
-            diff[name] = train.make_trainer(sft.difference_apply(apply_fn), ft,
-                                            num_train=size, mesh=prep.mesh)
+    # pretraining trains θ; every fine-tuning (full: an all-True mask) trains a
+    # difference δ from θ0 through one trainer per task (sft.difference_apply)
+    plain = train.make_trainer(apply_fn, config.run.train, num_train=len(ts["A"].train),
+                               mesh=prep.mesh)
+    diff = {name: train.make_trainer(sft.difference_apply(apply_fn), ft,
+                                     num_train=len(ds.train), mesh=prep.mesh)
+            for name, ds in ts.items() if name != "A"}
     if config.graft_fractions and config.graft_batch > len(ts["B"].train):
         raise ValueError(f"graft_batch: {config.graft_batch} is larger than task B's "
                          f"training set ({len(ts['B'].train)})")

@@ -68,37 +68,51 @@ class Stages:
         return rec
 
     def accuracy(self, params, model_state, task: str) -> float:
-        t = self.plain[task]
+        """Test accuracy of weights on ``task`` (the plain trainer's evaluation)."""
+        t = self.plain
         split = self.ts[task].test
         state = t.init(params, model_state)
         _, acc = t.evaluate(state, masks.init(params, masks.all_leaves),
                             jnp.asarray(split.x), jnp.asarray(split.y))
         return float(acc)
 
-    def train_one(self, prefix: str, task: str, start) -> dict[str, Any]:
-        """A dense unit (pretraining or full fine-tuning): its trained weights."""
-        engine = self.engine(self.plain[task], task)
-        all_true = masks.init(start["params"], masks.all_leaves)
-        (done,) = engine.run([Unit(prefix, prefix, start, all_true)],
-                             lambda names: "+".join(names),
-                             metrics_fn=lambda u, res: res.metrics())
-        return done.final if done.final is not None else engine.final(prefix, self.target)
+    def difference_start(self) -> dict[str, Any]:
+        """The start of every fine-tuning: δ = 0, θ0 in the model state."""
+        p0, ms0 = self.theta0["params"], self.theta0["model_state"]
+        return {"params": jax.tree.map(jnp.zeros_like, p0),
+                "model_state": sft.difference_state(p0, ms0)}
 
     # ------------------------------------------------------------------ stages
     def dense(self) -> None:
-        init = self.engine(self.plain["A"], "A").load_or("init", self.target,
-                                                          lambda: self.theta_init)
-        self.theta0 = self.train_one("pretrain", "A", init)
-        self.finetuned = {t: self.train_one(f"finetune/{t}", t, self.theta0)
-                          for t in self.ts if t != "A"}
+        """Pretraining on A (θ0), then the full fine-tuning on each other task (θ1)."""
+        engine = self.engine(self.plain, "A")
+        init = engine.load_or("init", self.target, lambda: self.theta_init)
+        all_true = masks.init(init["params"], masks.all_leaves)
+        (done,) = engine.run([Unit("pretrain", "pretrain", init, all_true)],
+                             lambda names: "+".join(names),
+                             metrics_fn=lambda u, res: res.metrics())
+        self.theta0 = (done.final if done.final is not None
+                       else engine.final("pretrain", self.target))
+        start = self.difference_start()
+        self.finetuned = {}
+        for t in self.ts:
+            if t == "A":
+                continue
+            prefix, engine = f"finetune/{t}", self.engine(self.diff[t], t)
+            (done,) = engine.run([Unit(prefix, prefix, start, all_true)],
+                                 lambda names: "+".join(names),
+                                 metrics_fn=lambda u, res: res.metrics())
+            final = (done.final if done.final is not None
+                     else engine.final(prefix, abstract(start)))
+            self.finetuned[t] = {"params": sft.sparse_weights(
+                self.theta0["params"], final["params"], all_true),
+                "model_state": self.theta0["model_state"]}
 
     def sparse(self, kind: str, task: str) -> dict[int, sft.SparseDiff]:
         """The sparse units of ``kind`` (``ltsft`` or ``random``) on ``task``, one
         per K, trained in one stack; their φ."""
-        p0, ms0 = self.theta0["params"], self.theta0["model_state"]
         engine = self.engine(self.diff[task], task)
-        start = {"params": jax.tree.map(jnp.zeros_like, p0),
-                 "model_state": sft.difference_state(p0, ms0)}
+        start = self.difference_start()
         units = []
         for i, k in enumerate(self.ks):
             prefix = unit_name(kind, task, k)
@@ -200,7 +214,7 @@ class Stages:
         base = sft.base_patch(pre, ft, fraction)
         key = jax.random.fold_in(jax.random.key(c.run.seed), 2000 + i)
         scores = sft.init_scores(pre, key=key)
-        step = _graft_step_fn(self.plain["B"].apply_fn, lr)
+        step = _graft_step_fn(self.plain.apply_fn, lr)
         select = ds.validation if ds.validation is not None else ds.train
         x, y = jnp.asarray(ds.train.x), jnp.asarray(ds.train.y)
         best, best_acc, best_step = scores, self.selected_accuracy(base, scores, select), 0
@@ -230,7 +244,7 @@ class Stages:
     def selected_accuracy(self, base, scores, split) -> float:
         g = sft.graft(self.theta0["params"], self.finetuned["B"]["params"],
                       sft.rounded_gamma(scores, base))
-        t = self.plain["B"]
+        t = self.plain
         _, acc = t.evaluate(t.init(g, self.theta0["model_state"]),
                             masks.init(g, masks.all_leaves), jnp.asarray(split.x),
                             jnp.asarray(split.y))
