@@ -132,6 +132,14 @@ def _check_structure(controls, structure: str, topology) -> structured.Structure
     return st
 
 
+def _record_defaults(trainer) -> dict[str, Any]:
+    """The driver record's defaults: a training option added since a run was
+    written, at its default, is no change (:func:`lotto_jax.runs.store.config_diff`)."""
+    from lotto_jax.runs import common
+
+    return {"train": common.config_to_dict(type(trainer.config)())}
+
+
 def run_imp(
     trainer: train.Trainer,
     params0: Params,
@@ -262,16 +270,13 @@ def run_imp(
         record["replicates"] = replicate_count(params0=params0, model_state0=model_state0,
                                                data_key=data_key, key=key)
     owned = None  # a store opened here is closed (its lock released) here
-    # a training option added since a run was written, at its default, is no change
-    defaults = {"train": common.config_to_dict(type(trainer.config)())}
+    check = dict(mutable=("rounds", "controls"), defaults=_record_defaults(trainer))
     if isinstance(store, str):
-        store = owned = RunStore.open(store, record, mutable=("rounds", "controls"),
-                                      defaults=defaults)
+        store = owned = RunStore.open(store, record, **check)
     clock, writer = Clock(), None
     try:
         if store is not None:
-            store.check_record("driver", record, mutable=("rounds", "controls"),
-                               defaults=defaults)
+            store.check_record("driver", record, **check)
             store = writer = WriteBehind(store, clock)
         engine = Engine(trainer, dataset, data_key, store, stacked=replicates, mesh=mesh,
                         save_every=save_every, save_interval=save_interval,
@@ -281,8 +286,7 @@ def run_imp(
             rule=(score_fn, fraction, scope, groups, tuple((layer_fractions or {}).items()),
                   prunable, st, topology),
             controls=controls, key=key, init_fn=init_fn, stack_controls=stack_controls,
-            timing=timing,
-        ).run()
+            timing=timing).run()
         if writer is not None:
             t = time.perf_counter()
             writer.close()  # the last writes land before we return
