@@ -296,10 +296,18 @@ def _restore(out, name):
 JACKPOT = ("--method", "jackpot", "--keep", "0.2", "--save-every", "10")
 
 
-def test_lotto_supermask_jackpot_end_to_end(tiny):
+@pytest.fixture(scope="module")
+def jackpot_run(tiny):
+    """The uninterrupted jackpot search (shared by the end-to-end and resume tests,
+    whichever xdist worker runs them)."""
     out = tiny["root"] / "jackpot"
     r = run_here(_args(tiny, out, *JACKPOT, "--pretrained", tiny["ckpt"]))
     assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_lotto_supermask_jackpot_end_to_end(tiny, jackpot_run):
+    out = jackpot_run
     res = json.loads((out / "results.json").read_text())
     assert res["method"] == "jackpot" and res["score_init"] == "jackpot"
     mask, weights = _restore(out, "mask"), _restore(out, "weights")
@@ -324,7 +332,7 @@ def test_lotto_supermask_jackpot_end_to_end(tiny):
     assert json.loads((out / "results.json").read_text()) == res
 
 
-def test_jackpot_killed_mid_search_resumes_to_the_same_run(tiny, tmp_path):
+def test_jackpot_killed_mid_search_resumes_to_the_same_run(tiny, jackpot_run, tmp_path):
     """SIGKILLed after the step-10 checkpoint (a subprocess), rerun: the search goes
     on from step 10 with the carried mask and ends bit-equal to the uninterrupted
     run of the test above."""
@@ -335,7 +343,7 @@ def test_jackpot_killed_mid_search_resumes_to_the_same_run(tiny, tmp_path):
     again = run_here(args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "search: training from step 10" in engine_lines(again)
-    assert_same_run(tiny["root"] / "jackpot", out)
+    assert_same_run(jackpot_run, out)
 
 
 def test_zero_score_lr_is_one_shot_magnitude_pruning(tiny):
