@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from _killrun import assert_killed, assert_same_run, engine_lines, lotto
 from _killrun import here as run_here
+from _tiny_data import clusters_npz
 
 from lotto_jax import colt, masks, prune, scores
 from lotto_jax.data import Dataset, Split
@@ -176,17 +177,7 @@ def test_bad_inputs_name_the_argument():
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     """40 features, 10 classes around random centres: learnable in a few steps."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(10, 40))
-
-    def draw(n):
-        y = rng.integers(0, 10, n)
-        return (centres[y] + rng.normal(size=(n, 40))).astype(np.float32), y
-
-    (xt, yt), (xs, ys) = draw(600), draw(200)
-    path = tmp_path_factory.mktemp("colt") / "tiny.npz"
-    np.savez(path, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
-    return path
+    return clusters_npz(tmp_path_factory.mktemp("colt"))
 
 
 def _args(npz, out, *extra):

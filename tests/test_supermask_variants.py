@@ -21,6 +21,7 @@ import pytest
 from _killrun import assert_killed, assert_same_run, engine_lines, lotto
 from _killrun import here as run_here
 from _numpy_ref import mlp_accuracy
+from _tiny_data import clusters_npz
 
 from lotto_jax import data, models, supermask
 from lotto_jax.supermask import (
@@ -261,16 +262,7 @@ def test_signed_gradient_is_the_hand_computation():
 def tiny(tmp_path_factory):
     """A tiny 40-feature, 10-class npz data set and a 'pretrained' mlp checkpoint."""
     root = tmp_path_factory.mktemp("variants")
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(10, 40))
-
-    def draw(n):
-        yy = rng.integers(0, 10, n)
-        return (centres[yy] + rng.normal(size=(n, 40))).astype(np.float32), yy
-
-    (xt, yt), (xs, ys) = draw(600), draw(200)
-    npz = root / "tiny.npz"
-    np.savez(npz, x_train=xt, y_train=yt, x_test=xs, y_test=ys)
+    npz = clusters_npz(root)
     module = models.build("mlp")
     params = module.init(jax.random.key(0), jnp.zeros((1, 40)))["params"]
     params = supermask.init_weights(params, key=jax.random.key(7), method="kaiming-normal",
