@@ -6,7 +6,8 @@ or ``kill_in`` the run store SIGKILLs the process itself at that item
 (``LOTTO_KILL_AFTER``: right after the item's commit; ``LOTTO_KILL_IN``: after orbax
 wrote it, before its manifest: a partial item), so the kill lands at an exact,
 named point: mid-training after a checkpoint, inside a checkpoint write, between
-the units of a stack, during a control's training.
+the units of a stack, during a control's training. :func:`assert_one_line_error`
+checks a refusal as a person reads it (one ``lotto: error:`` line, no traceback).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fcntl
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -158,3 +160,20 @@ def tiny_npz(base, name="tiny", *, seed=0, n_train=512, n_test=256) -> str:
                      y_test=np.argmax(x_test @ w, 1))
             os.replace(base / f"{name}.tmp.npz", path)
     return str(path)
+
+
+def assert_one_line_error(result, *names):
+    """rc != 0 (2, not an abort), one stderr line ``lotto: error: ...`` naming
+    every one of ``names``, no traceback. The engine's progress lines before it
+    (``lotto: round_000: finished, kept``: what the run did before it stopped)
+    are not part of the error."""
+    err = result.stderr
+    assert result.returncode == 2, (result.returncode, err[-3000:])
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines()
+             if not re.match(r"lotto: [\w/+ -]+: (finished, kept|training from step \d+|"
+                             r"completed from its stored final)$", line)]
+    assert len(lines) == 1 and lines[0].startswith("lotto: error: "), err
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]

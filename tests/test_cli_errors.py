@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from _killrun import assert_one_line_error, xla_cache_env
 from _killrun import here as run_here
-from _killrun import xla_cache_env
 
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "lotto")
 LOTTO = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "lotto_jax.runs.cli"]
@@ -92,21 +91,6 @@ def here(capsys, monkeypatch):
     return run
 
 
-def assert_one_line_error(result, *names):
-    """rc != 0 (2, not an abort), one stderr line ``lotto: error: ...`` naming
-    every one of ``names``, no traceback. The engine's progress lines before it
-    (``lotto: round_000: finished, kept``: what the run did before it stopped)
-    are not part of the error."""
-    err = result.stderr
-    assert result.returncode == 2, (result.returncode, err[-3000:])
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines()
-             if not re.match(r"lotto: [\w/+ -]+: (finished, kept|training from step \d+|"
-                             r"completed from its stored final)$", line)]
-    assert len(lines) == 1 and lines[0].startswith("lotto: error: "), err
-    for name in names:
-        assert str(name) in lines[0], (name, lines[0])
-    return lines[0]
 
 
 def imp_args(shared, out):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _killrun import assert_one_line_error
 from _killrun import here as run_here
 from _tiny_data import clusters_npz
 
@@ -464,9 +465,5 @@ BAD = [
 def test_bad_input_is_one_line_naming_the_flag_and_writes_nothing(tiny_npz, tmp_path,
                                                                   extra, message):
     out = tmp_path / "run"
-    res = run_here(_args(tiny_npz, out, *extra))
-    assert res.returncode == 2, res.stderr[-2000:]
-    assert "Traceback" not in res.stderr
-    (line,) = res.stderr.strip().splitlines()
-    assert re.match(r"lotto: error: ", line) and message in line, line
+    assert_one_line_error(run_here(_args(tiny_npz, out, *extra)), message)
     assert not out.exists()
