@@ -253,6 +253,7 @@ def test_lotto_colt_end_to_end(tiny_npz, reference):
     assert json.loads((out / "results.json").read_text()) == res
     rep = run_here(["report", str(out)])
     assert rep.returncode == 0 and "part0 final" in rep.stdout, rep.stderr[-2000:]
+    assert "COLT: " in rep.stdout and "IMP: " not in rep.stdout
 
 
 def test_replicates_prune_each_replicate_on_its_own(tiny_npz, tmp_path):

@@ -202,7 +202,7 @@ def print_table(run: RunData) -> None:
 
     header, rows = table(run)
     n_rep = replicates(run)
-    t = Table(title=f"IMP: {run.directory}"
+    t = Table(title=f"{_method(run)}: {run.directory}"
               + (f" ({n_rep} replicates: mean ± std)" if n_rep > 1 else ""))
     for h in header:
         t.add_column(h, justify="right")
@@ -232,10 +232,17 @@ def _dense(run: RunData, key: str) -> tuple[str, float, float | None] | None:
     return ("dense", 100 * float(mean[0]), None if std is None else 100 * float(std[0]))
 
 
+def _method(run: RunData) -> str:
+    """``COLT`` for a ``lotto colt`` run (IMP's layout, partition networks as
+    controls), else ``IMP``."""
+    return "COLT" if "partitions" in run.config else "IMP"
+
+
 def _title(run: RunData) -> str:
     cfg = run.config.get("run") or {}
     n = replicates(run)
-    what = f"IMP on {cfg.get('model', '?')} / {cfg.get('dataset', '?')}" if cfg else "IMP"
+    m = _method(run)
+    what = f"{m} on {cfg.get('model', '?')} / {cfg.get('dataset', '?')}" if cfg else m
     return what + (f" ({n} replicates: mean ± std)" if n > 1 else "")
 
 
