@@ -44,7 +44,10 @@ class TrainCommand(RunOptions):
         replicate ``i`` from init seed ``seed + i`` and data order
         ``data_seed + i``, all S in one vmapped step).
       mask: an orbax checkpoint directory holding a mask pytree for the model's
-        params (e.g. a round of ``lotto imp``); dense when not given.
+        params (e.g. a round of ``lotto imp``), every replicate trained under it;
+        or S masks stacked on a leading axis (a round of ``lotto imp
+        --replicates S``), replicate ``i`` under mask ``i`` (``--replicates`` must
+        be S); dense when not given.
       out: the run directory: ``config.json``, ``init``, ``mask``, the unit
         ``train/`` (``final``: the trained weights; ``metrics.json``: the curve and
         accuracies) and ``results.json``. Rerunning the same command resumes a
@@ -99,11 +102,41 @@ def _start(config: TrainCommand, prep) -> tuple[dict[str, Any], Any, Any]:
             import orbax.checkpoint as ocp
 
             mask = ocp.StandardCheckpointer().restore(os.path.abspath(config.mask))
-            masks.validate(prep.params, mask, name="mask")
             mask = jax.tree.map(jnp.asarray, mask)
+            if _stacked_masks(prep.params, mask, n):  # replicate i under mask i
+                return mask if n > 1 else jax.tree.map(lambda m: m[0], mask)
+            masks.validate(prep.params, mask, name="mask")
         return common.stack([mask] * n) if n > 1 else mask
 
     return theta0, make_mask, data_key
+
+
+def _stacked_masks(params, mask, n: int) -> bool:
+    """Whether ``mask`` holds one mask per replicate (a leading replicate axis, as
+    ``lotto imp --replicates S`` stores its rounds' masks), checked against ``n``.
+
+    Raises:
+      ValueError: the leading axis holds another number of masks than ``n``
+        (named as ``mask``, so the CLI says ``--mask``), or mask ``0`` does not fit
+        ``params`` (:func:`lotto_jax.masks.validate`).
+    """
+    import jax
+
+    from lotto_jax import masks
+
+    p_leaves, m_leaves = jax.tree.leaves(params), jax.tree.leaves(mask)
+    if len(p_leaves) != len(m_leaves) or not all(
+            m.ndim == p.ndim + 1 and m.shape[1:] == p.shape
+            for p, m in zip(p_leaves, m_leaves, strict=True)):
+        return False  # one network's mask, or a misfit that validate names
+    counts = sorted({m.shape[0] for m in m_leaves})
+    if counts != [n]:
+        raise ValueError(
+            f"mask: holds {'/'.join(map(str, counts))} replicates' masks (a leading "
+            f"replicate axis) but --replicates is {n}; train with --replicates "
+            f"{counts[0]} (replicate i under mask i) or pass one network's mask")
+    masks.validate(params, jax.tree.map(lambda m: m[0], mask), name="mask")
+    return True
 
 
 def _main(config: TrainCommand, store) -> Any:
