@@ -455,9 +455,8 @@ BAD = [
     (["--graft-fractions", "0"], "--graft-fractions: expected values in (0, 1]"),
     (["--graft-batch", "100000"], "--graft-batch: 100000 is larger than task B's"),
     (["--graft-lrs", "-1"], "--graft-lrs: expected positive learning rates"),
-    (["--replicates", "2"], "--replicates: lotto sft trains one network per unit"),
+    (["--replicates", "0"], "--replicates: expected an int >= 1"),
     (["--batch-size", "500"], "--batch-size: 500 is larger than the training set"),
-    (["--repair"], "--repair: lotto sft's layout is not known to --repair yet"),
 ]
 
 

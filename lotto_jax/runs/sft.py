@@ -37,7 +37,8 @@ Layout::
     finetune/B/ (B1/, B2/)       units: final/ (δ, θ0 in its state), metrics.json,
                                  eval.json
     ltsft/B/k266/                unit: mask/, final/ (δ, θ0 in its state), metrics.json,
-                                 phi/ (φ: flat indices and values), eval.json
+                                 phi/ (φ: flat indices and values; phi_rI/ per
+                                 replicate I with --replicates), eval.json
     random/B/k266/               the random-K control, as ltsft
     compose/k266.json, full.json composition records
     graft/f0.001/lr1e+07/        scores/ (the best S), metrics.json
@@ -45,7 +46,19 @@ Layout::
 
 Every unit and record is committed as it finishes: a killed run resumes from its
 last checkpoint or record; a rerun of a finished run trains and grafts nothing
-(it reads the records back). One writer at a time.
+(it reads the records back). One writer at a time. ``--repair`` discards a
+corrupt unit with everything derived from it (:mod:`lotto_jax.runs.repair`: θ0
+takes every other unit, a full fine-tuning its task's sparse units, task B's its
+graftings, a half's its compositions); ``lotto ls`` and ``lotto report`` read the
+run (kind ``sft``).
+
+``--replicates S``: every unit holds S networks stacked along a leading axis,
+trained in one vmapped fit; replicate ``i`` has init seed ``seed + i`` and the data
+order of ``data_seed + i`` (its random-K and graft draws too), so replicate ``i``
+is the single run with those seeds (all share the validation split drawn with
+``data_seed``, as in every command). Selections, φ (``phi_rI``), evaluations and
+graftings are per replicate; every per-replicate value of a record is a list over
+the replicates and the table shows mean ± std.
 
 References:
   Ansell, Ponti, Korhonen & Vulić 2022, arXiv:2110.07560 (LT-SFT).
@@ -124,12 +137,6 @@ class SftConfig(RunOptions):
         if self.compose and len(b) < 2:
             raise ValueError(f"task_b: --compose splits it in two, needs >= 2 classes, "
                              f"got {list(b)}")
-        if self.repair:
-            raise ValueError("repair: lotto sft's layout is not known to --repair yet; "
-                             "delete the corrupt unit's directory and rerun instead")
-        if self.run.replicates != 1:
-            raise ValueError(f"replicates: lotto sft trains one network per unit, got "
-                             f"{self.run.replicates}")
         if not self.k or len(set(self.k)) != len(self.k):
             raise ValueError(f"k: expected distinct values, got {list(self.k)}")
         for k in self.k:
