@@ -11,8 +11,9 @@ prints two markdown tables:
    network per round); "total steps" add the tickets trained so far (COLT trains
    one extra ticket per round on all classes; IMP's round network is its ticket).
 2. accuracy at equal density: every COLT round against the other runs interpolated
-   linearly in log-density between their two neighbouring rounds (accuracies are
-   means over replicates).
+   linearly in log-density between their two neighbouring rounds (each replicate
+   along its own rounds; with replicates, mean ± std over them (population std,
+   as the other tables); densities are the replicates' mean).
 
 Usage: python experiments/colt_table.py [OUT]   (default experiments/results/colt)
 """
@@ -37,9 +38,18 @@ def _mean(v):
     return None if v is None else float(np.mean(v))
 
 
+def _reps(v):
+    """Per-replicate values as a list (one run: a list of one)."""
+    return None if v is None else [float(x) for x in np.atleast_1d(v)]
+
+
+def _with_reps(r):
+    return {**r, **{k: _mean(r[k]) for k in KEYS}, **{f"{k}_reps": _reps(r[k]) for k in KEYS}}
+
+
 def colt_rows(path: str):
     with open(os.path.join(path, "results.json")) as f:
-        return [{**r, **{k: _mean(r[k]) for k in KEYS}} for r in json.load(f)["rounds"]]
+        return [_with_reps(r) for r in json.load(f)["rounds"]]
 
 
 def imp_rows(path: str):
@@ -50,7 +60,8 @@ def imp_rows(path: str):
         r = int(os.path.basename(os.path.dirname(p)).split("_")[1])
         with open(p) as f:
             m = json.load(f)
-        rows.append({"round": r, "density": m["density"], **{k: _mean(m[k]) for k in KEYS},
+        rows.append({**_with_reps({"round": r, "density": m["density"],
+                                   **{k: m[k] for k in KEYS}}),
                      "pruning_steps": r * steps, "total_steps": (r + 1) * steps})
     return sorted(rows, key=lambda r: r["round"])
 
@@ -72,15 +83,32 @@ def reach(rows, target):
 
 
 def interp(rows, density, key):
-    """``key`` at ``density``, linear in log-density between two rounds (None outside)."""
-    pts = sorted((math.log(r["density"]), r[key]) for r in rows if r[key] is not None)
+    """Per replicate, ``key`` at ``density``, linear in log-density between two
+    rounds (None outside)."""
+    pts = sorted((math.log(r["density"]), r[f"{key}_reps"]) for r in rows
+                 if r[key] is not None)
     xs, ys = zip(*pts, strict=True)
     x = math.log(density)
-    return float(np.interp(x, xs, ys)) if xs[0] - 1e-9 <= x <= xs[-1] + 1e-9 else None
+    if not xs[0] - 1e-9 <= x <= xs[-1] + 1e-9:
+        return None
+    return [float(np.interp(x, xs, [y[i] for y in ys])) for i in range(len(ys[0]))]
+
+
+def stats(v):
+    """``[mean, std]`` of per-replicate values (population std, as the other
+    tables; None for one)."""
+    if v is None:
+        return None
+    return [float(np.mean(v)), float(np.std(v)) if len(v) > 1 else None]
 
 
 def fmt(v):
-    return "-" if v is None else f"{100 * v:.2f}"
+    """A value, or ``[mean, std]`` as ``mean ± std`` (percent)."""
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return fmt(v[0]) if v[1] is None else f"{100 * v[0]:.2f} ± {100 * v[1]:.2f}"
+    return f"{100 * v:.2f}"
 
 
 def reach_table(runs):
@@ -111,17 +139,18 @@ def equal_table(runs):
     out = []
     for r in runs["colt"]:
         rec = {"round": r["round"], "density": r["density"],
-               "colt": [r["final_test_accuracy"], r["best_test_accuracy"]]}
+               "colt": [stats(r[f"{k}_reps"]) for k in ("final_test_accuracy",
+                                                         "best_test_accuracy")]}
         cells = []
         for n in others:
-            rec[n] = [interp(runs[n], r["density"], k)
+            rec[n] = [stats(interp(runs[n], r["density"], k))
                       for k in ("final_test_accuracy", "best_test_accuracy")]
             cells.append(f"{fmt(rec[n][0])} / {fmt(rec[n][1])}")
         parts = r.get("partition_final_test_accuracy")
         rec["partitions"] = None if parts is None else [_mean(p) for p in parts]
         out.append(rec)
         lines.append(f"| {r['round']} | {100 * r['density']:.2f} | "
-                     f"{fmt(r['final_test_accuracy'])} / {fmt(r['best_test_accuracy'])} | "
+                     f"{fmt(rec['colt'][0])} / {fmt(rec['colt'][1])} | "
                      + " | ".join(cells) + " | "
                      + ("-" if parts is None else " / ".join(fmt(a) for a in rec["partitions"]))
                      + " |")
@@ -138,13 +167,17 @@ def figure(runs, path):
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for n, rows in runs.items():
         d = [100 * r["density"] for r in rows]
-        a.plot(d, [100 * r["best_test_accuracy"] for r in rows], styles[n], label=RUNS[n],
-               ms=4)
+        line, = a.plot(d, [100 * r["best_test_accuracy"] for r in rows], styles[n],
+                       label=RUNS[n], ms=4)
+        reps = np.array([r["best_test_accuracy_reps"] for r in rows])
+        if reps.shape[1] > 1:  # ± one std over the replicates
+            m, sd = 100 * reps.mean(1), 100 * reps.std(1)
+            a.fill_between(d, m - sd, m + sd, color=line.get_color(), alpha=0.2, lw=0)
         b.plot([r["pruning_steps"] for r in rows], d, styles[n], label=RUNS[n], ms=4)
     a.set_xscale("log")
     a.invert_xaxis()
     a.set_xlabel("% weights remaining")
-    a.set_ylabel("best test accuracy (%), ticket on all classes")
+    a.set_ylabel("best test accuracy (%), ticket on all classes\n(mean, ± std shaded)")
     b.set_yscale("log")
     b.set_xlabel("training steps spent finding the mask")
     b.set_ylabel("% weights remaining")
