@@ -323,6 +323,7 @@ OWN_REPORTS: dict[str, tuple[str, str]] = {
     "stability": ("lotto_jax.runs.stability_report", "main"),
     "earlybird": ("lotto_jax.runs.earlybird", "report"),
     "oneshot": ("lotto_jax.runs.oneshot_report", "main"),
+    "sft": ("lotto_jax.runs.sft_report", "main"),
 }
 """Kinds of run with a report of their own: ``(module, function)``, called as
 ``function(directory, figures_dir=...)``."""
