@@ -14,22 +14,36 @@
 #     |s| per layer, sign(s) on the kept) vs edge-popup on the MNIST-1D MLP at k = 0.5,
 #     0.3, 0.1 (fraction kept per layer), scaled signed constant weights, 3 replicates
 #     (seeds 0, 1, 2), recipe edge-popup-mnist1d (3,000 steps).
-# Usage: bash experiments/supermask_variants.sh [path/to/mnist.npz] [out dir]
+#     Seeds (SEEDS, default "0 1 2"): seed S pretrains its own dense LeNet (init seed S,
+#     data seed S: its data order and validation split) and searches in it with data
+#     seed S; seed 0 at the top of the out dir, seed S in seedS/. One network per
+#     command: the jackpot search takes one pretrained network (--replicates would
+#     search the same weights with other data orders).
+# Usage: [SEEDS="0 1 2"] [PARTS="a b"] bash experiments/supermask_variants.sh [path/to/mnist.npz] [out dir]
 set -euo pipefail
 NPZ=${1:-../shared/data/mnist.npz}
 OUT=${2:-experiments/results/supermask_variants}
-lotto train --recipe lenet300-dense --dataset "npz:$NPZ" --steps 5000 --eval-every 500 \
-  --out "$OUT/pretrained"
-PRE="$OUT/pretrained/train/final"
-for keep in 0.5 0.2 0.1 0.05; do
-  lotto supermask --method jackpot --pretrained "$PRE" --keep "$keep" --model lenet300 \
-    --dataset "npz:$NPZ" --validation 5000 --steps 2000 --eval-every 250 \
-    --out "$OUT/jackpot_k${keep}"
-  lotto supermask --method jackpot --pretrained "$PRE" --keep "$keep" --model lenet300 \
-    --dataset "npz:$NPZ" --validation 5000 --steps 20 --eval-every 10 --lr 1e-30 \
-    --out "$OUT/magnitude_k${keep}"
+SEEDS=${SEEDS:-0 1 2}
+PARTS=${PARTS:-a b}
+for seed in $SEEDS; do
+  [[ " $PARTS " == *" a "* ]] || break
+  d="$OUT/seed$seed"
+  [ "$seed" = 0 ] && d="$OUT"
+  S=(--seed "$seed" --data-seed "$seed")
+  lotto train --recipe lenet300-dense --dataset "npz:$NPZ" --steps 5000 --eval-every 500 \
+    "${S[@]}" --out "$d/pretrained"
+  PRE="$d/pretrained/train/final"
+  for keep in 0.5 0.2 0.1 0.05; do
+    lotto supermask --method jackpot --pretrained "$PRE" --keep "$keep" --model lenet300 \
+      --dataset "npz:$NPZ" --validation 5000 --steps 2000 --eval-every 250 "${S[@]}" \
+      --out "$d/jackpot_k${keep}"
+    lotto supermask --method jackpot --pretrained "$PRE" --keep "$keep" --model lenet300 \
+      --dataset "npz:$NPZ" --validation 5000 --steps 20 --eval-every 10 --lr 1e-30 \
+      "${S[@]}" --out "$d/magnitude_k${keep}"
+  done
 done
 for keep in 0.5 0.3 0.1; do
+  [[ " $PARTS " == *" b "* ]] || break
   for method in signed edge-popup; do
     lotto supermask --recipe edge-popup-mnist1d --method "$method" --keep "$keep" \
       --replicates 3 --out "$OUT/mnist1d_${method}_k${keep}"

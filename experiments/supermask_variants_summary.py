@@ -3,7 +3,9 @@
 Reads the runs' results.json files (and, for IMP, the committed metrics.json files of
 experiments/results/structured/lenet300_weight), writes summary.json and
 jackpot_vs_imp.png / signed_vs_edge_popup.png into the output directory, and prints
-markdown tables.
+markdown tables. Jackpot seeds: seed 0 at the top of the output directory, seed S in
+``seedS/``; every number is mean ± std over them (population std), per seed in
+summary.json.
 
 Usage: python experiments/supermask_variants_summary.py [out dir]
 """
@@ -31,7 +33,38 @@ def _stats(v):
     return {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)}
 
 
+def _seed_dirs(out: pathlib.Path) -> dict[int, pathlib.Path]:
+    dirs = {0: out}
+    for d in sorted(out.glob("seed*")):
+        if d.name[4:].isdigit():
+            dirs[int(d.name[4:])] = d
+    return dirs
+
+
 def jackpot_rows(out: pathlib.Path) -> list[dict]:
+    """Per keep: every seed's row (:func:`jackpot_seed_rows`) and over the seeds
+    ``{"mean", "std", "n"}`` of each accuracy."""
+    per_seed = {seed: {r["keep"]: r for r in jackpot_seed_rows(d)}
+                for seed, d in _seed_dirs(out).items()}
+    rows = []
+    for keep in map(float, JACKPOT_KEEPS):
+        seeds = {s: rs[keep] for s, rs in per_seed.items() if keep in rs}
+        if not seeds:
+            continue
+        row = {"keep": keep, "seeds": sorted(seeds),
+               "density": float(np.mean([r["density"] for r in seeds.values()]))}
+        for key in ("jackpot_final", "jackpot_early_stop", "magnitude_baseline",
+                    "magnitude_zero_lr_run", "dense_pretrained", "shuffled"):
+            vals = [r[key] for r in seeds.values() if r[key] is not None]
+            a = np.asarray(vals, float)
+            row[key] = (None if not vals else
+                        {"mean": float(a.mean()), "std": float(a.std()), "n": int(a.size)})
+        row["per_seed"] = {str(s): r for s, r in seeds.items()}
+        rows.append(row)
+    return rows
+
+
+def jackpot_seed_rows(out: pathlib.Path) -> list[dict]:
     rows = []
     for keep in JACKPOT_KEEPS:
         res = _read(out / f"jackpot_k{keep}" / "results.json")
@@ -86,15 +119,19 @@ def _figures(out, jack, imp, m1d):
     if jack:
         fig, ax = plt.subplots(figsize=(6, 4))
         d = [100 * r["density"] for r in jack]
-        ax.plot(d, [r["jackpot_final"] for r in jack], "o-", label="jackpot (2,000 steps)")
-        ax.plot(d, [r["magnitude_baseline"] for r in jack], "s--",
-                label="one-shot magnitude (no search)")
+        n = jack[0]["jackpot_final"]["n"]
+        for key, fmt, label in (("jackpot_final", "o-", "jackpot (2,000 steps)"),
+                                ("magnitude_baseline", "s--",
+                                 "one-shot magnitude (no search)")):
+            ax.errorbar(d, [r[key]["mean"] for r in jack], yerr=[r[key]["std"] for r in jack],
+                        fmt=fmt, capsize=2, label=f"{label}, {n} seed{'s' * (n > 1)}")
         if imp:
             ax.errorbar([100 * r["density"] for r in imp],
                         [r["final"]["mean"] for r in imp],
                         yerr=[r["final"]["std"] for r in imp], fmt="^-",
                         label="IMP, rewind to init (3 seeds)")
-        ax.axhline(jack[0]["dense_pretrained"], color="gray", lw=0.8, label="dense")
+        ax.axhline(jack[0]["dense_pretrained"]["mean"], color="gray", lw=0.8,
+                   label="dense (mean)")
         ax.set_xscale("log")
         ax.set_xlabel("weights kept (%)")
         ax.set_ylabel("test accuracy (%)")
@@ -121,13 +158,17 @@ def main(out: pathlib.Path) -> None:
     jack, imp, m1d = jackpot_rows(out), imp_rows(), mnist1d_rows(out)
     (out / "summary.json").write_text(json.dumps(
         {"jackpot": jack, "imp": imp, "mnist1d": m1d}, indent=2) + "\n")
-    print("| keep | density | jackpot | one-shot magnitude | zero-lr run | shuffled |")
-    print("|---|---|---|---|---|---|")
+    def pm(v):
+        return "-" if v is None else f"{v['mean']:.2f} ± {v['std']:.2f}"
+
+    print("| keep | density | seeds | jackpot | one-shot magnitude | zero-lr run | shuffled "
+          "| dense |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in jack:
-        zero = r["magnitude_zero_lr_run"]
-        print(f"| {r['keep']} | {100 * r['density']:.1f} % | {r['jackpot_final']:.2f} | "
-              f"{r['magnitude_baseline']:.2f} | "
-              f"{'-' if zero is None else f'{zero:.2f}'} | {r['shuffled']:.2f} |")
+        print(f"| {r['keep']} | {100 * r['density']:.1f} % | "
+              f"{', '.join(map(str, r['seeds']))} | {pm(r['jackpot_final'])} | "
+              f"{pm(r['magnitude_baseline'])} | {pm(r['magnitude_zero_lr_run'])} | "
+              f"{pm(r['shuffled'])} | {pm(r['dense_pretrained'])} |")
     print("\n| IMP round | density | final (3 seeds) |\n|---|---|---|")
     for r in imp:
         print(f"| {r['round']} | {100 * r['density']:.1f} % | "
