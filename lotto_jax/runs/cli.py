@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "oneshot": ("lotto_jax.runs.oneshot", "OneshotConfig", "main"),
     "colt": ("lotto_jax.runs.colt", "ColtConfig", "main"),
     "sft": ("lotto_jax.runs.sft", "SftConfig", "main"),
+    "bip": ("lotto_jax.runs.bip", "BipConfig", "main"),
 }
 
 
