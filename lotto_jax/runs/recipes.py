@@ -161,6 +161,17 @@ def _colt(command: str):
                      rewind="init", out="runs/colt_imp")
 
 
+def _bip(model, dataset, validation, bip_steps, **train):
+    """BiP from the dense network of the IMP recipe it is compared with (the same
+    pretraining = IMP's round 0), keeps 20 % to 2 %, the reference's SGD."""
+    from lotto_jax.runs.bip import BipConfig
+
+    return BipConfig(run=_run(model, dataset, validation, replicates=3, **train),
+                     keep=(0.2, 0.1, 0.05, 0.02), bip_steps=bip_steps, bip_lr=0.1,
+                     mask_lr=0.1, bip_momentum=0.9, bip_weight_decay=1e-4, ig_scale=1e-4,
+                     correction="paper", out="runs/bip")
+
+
 def _pai(model, dataset, validation, controls, **train):
     from lotto_jax.runs.pai import PaiConfig
 
@@ -322,6 +333,23 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
         "density): the same training and 15 % global pruning per round, one network",
         "as colt-lenet300; 22 rounds (to about COLT's 2.8 %)",
         lambda: _colt("imp"),
+    ),
+    Recipe(
+        "bip-lenet300", "bip",
+        "Zhang et al. 2022 (BiP, arXiv:2210.04092; OPTML-Group/BiP configs/CIFAR10/"
+        "bip.yml): scores = the pretrained weights, global top-k, SGD 0.1 momentum 0.9 "
+        "wd 1e-4 cosine on weights and scores, implicit-gradient coefficient 1e-4",
+        "LeNet-300-100 / MNIST instead of ResNets on CIFAR; pretraining = lenet300-5k-imp's "
+        "round 0 (Adam 1.2e-3, 5,000 steps); 5,000 BiP steps (2,500 θ-steps, 2,500 "
+        "m-steps, batch 60) instead of 100 epochs; no fine-tuning; 3 replicates",
+        lambda: _bip("lenet300", "tfds:mnist", 5000, 5000, **_LENET_5K),
+    ),
+    Recipe(
+        "bip-mnist1d", "bip",
+        "Zhang et al. 2022 (BiP, arXiv:2210.04092) on the MNIST-1D MLP, as bip-lenet300",
+        "pretraining = mnist1d-lottery's round 0 (Adam 2e-2, 1,500 steps, fixed order); "
+        "1,500 BiP steps; 3 replicates",
+        lambda: _bip("mnist1d_mlp", "mnist1d", 0, 1500, **_MNIST1D),
     ),
     Recipe(
         "edge-popup-lenet300", "supermask",
