@@ -18,6 +18,11 @@ kind           config fields                                   units
 ``supermask``  ``method`` and ``keep``                         ``search``
 ``train``      ``run`` and ``mask``                            ``train``
 ``dst``        ``method``, ``density`` and ``update_every``    ``dst``
+``sft``        ``task_a``, ``task_b`` and ``graft_fractions``  ``pretrain``,
+                                                               ``finetune/T``,
+                                                               ``ltsft/T/kK``,
+                                                               ``random/B/kK``,
+                                                               ``graft/fF/lrL``
 =============  ==============================================  ======================
 
 (``dst`` is told apart from ``pai``, whose configs also have ``method`` and
@@ -26,8 +31,11 @@ layout (``round_000/``, ``variants/``, ``search/``, ``train/``, ``dst/``, the
 fields of ``results.json``). A *unit* is one network
 trained by the engine (:mod:`lotto_jax.runs.engine`): a directory holding any of
 ``mask``, ``init``, ``checkpoints/``, ``final`` and ``metrics.json`` (written last:
-the unit is finished iff it exists). ``results.json`` (pai, supermask, train, dst) is
-written after every unit finished: the run is done iff it exists.
+the unit is finished iff it exists; an sft graft holds ``scores`` and
+``metrics.json``). ``results.json`` (every kind but imp) is written after every
+unit finished: the run is done iff it exists. (``stability``, ``earlybird``,
+``oneshot`` and ``sft`` runs have reports of their own; :data:`KINDS` are those
+the sweep tables compare.)
 """
 
 from __future__ import annotations
@@ -67,6 +75,7 @@ _UNIT = {
     "stability": re.compile(r"pairs/[^/]+"),
     "earlybird": re.compile(r"dense|ticket"),
     "oneshot": re.compile(r"retrain/[^/]+/[^/]+"),
+    "sft": re.compile(r"pretrain|finetune/[^/]+|(?:ltsft|random)/[^/]+/k\d+|graft/[^/]+/[^/]+"),
 }
 _MARKS = ("config.json", "results.json", "result.json")
 
@@ -163,6 +172,9 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
         return "earlybird"
     if "densities" in c and "retrain_steps" in c:  # lotto oneshot (retrain/S/dD units)
         return "oneshot"
+    if ("task_a" in c and "task_b" in c and "graft_fractions" in c) or (
+            not c and _isdir(directory, "pretrain") and _isdir(directory, "finetune")):
+        return "sft"  # before imp: an sft run has a driver.json too
     if ("rounds" in c and "rewind" in c) or os.path.exists(
             os.path.join(directory, "driver.json")):
         return "imp"
@@ -233,9 +245,11 @@ def total_steps(config: Mapping[str, Any]) -> int | None:
     return int(steps) if isinstance(steps, int | float) else None
 
 
-def expected_units(kind: str, config: Mapping[str, Any]) -> list[str] | None:
+def expected_units(kind: str, config: Mapping[str, Any], *,
+                   num_weights: int | None = None) -> list[str] | None:
     """The units a run of ``kind`` with ``config`` trains, in order; None when
-    the config does not say.
+    the config does not say (an sft run's sparse units need ``num_weights``, its
+    ``driver.json``'s, to name their K counts).
 
     Examples:
       >>> expected_units("imp", {"rounds": 2, "controls": ["random"]})
@@ -254,7 +268,27 @@ def expected_units(kind: str, config: Mapping[str, Any]) -> list[str] | None:
         return ["search"]
     if kind in ("train", "dst"):
         return [kind]
+    if kind == "sft":
+        return _sft_units(config, num_weights)
     return None
+
+
+def _sft_units(config: Mapping[str, Any], num_weights: int | None) -> list[str] | None:
+    """The units of a ``lotto sft`` run (:mod:`lotto_jax.runs.sft_stages` names)."""
+    from lotto_jax.sft import count_k
+
+    try:
+        ks = [count_k(k, int(num_weights)) for k in config["k"]] if num_weights else []
+        fractions, lrs = list(config["graft_fractions"]), list(config["graft_lrs"])
+        compose, random_k = bool(config.get("compose")), bool(config.get("random_k"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    tasks = ["B", "B1", "B2"] if compose else ["B"]
+    out = ["pretrain", *(f"finetune/{t}" for t in tasks)]
+    for kind, task in [("ltsft", "B"), *([("random", "B")] if random_k else []),
+                       *(("ltsft", t) for t in tasks[1:])]:
+        out += [f"{kind}/{task}/k{k}" for k in ks]
+    return out + [f"graft/f{f:g}/lr{lr:g}" for f in fractions for lr in lrs]
 
 
 def _listdir(directory: str, *parts: str) -> list[str]:
@@ -282,6 +316,11 @@ def unit_dirs(directory: str, kind: str) -> list[str]:
     if kind == "oneshot":
         return [f"retrain/{s}/{n}" for s in _listdir(directory, "retrain")
                 for n in _listdir(directory, "retrain", s) if _isdir(directory, "retrain", s, n)]
+    if kind == "sft":
+        found = ["pretrain", *(f"finetune/{t}" for t in _listdir(directory, "finetune"))]
+        found += [f"{top}/{a}/{b}" for top in ("ltsft", "random", "graft")
+                  for a in _listdir(directory, top) for b in _listdir(directory, top, a)]
+        return sorted(u for u in found if _isdir(directory, u) and _UNIT["sft"].fullmatch(u))
     return []
 
 
@@ -367,13 +406,15 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird", "oneshot"):
+    if kind != "imp":
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):
             problems.append(f"{name}: not valid JSON")
             results = None
-    prefixes = list(expected_units(kind, config) or [])
+    driver, _ = load_json(os.path.join(directory, "driver.json"))
+    n = driver.get("num_weights") if kind == "sft" and isinstance(driver, dict) else None
+    prefixes = list(expected_units(kind, config, num_weights=n) or [])
     prefixes += [p for p in unit_dirs(directory, kind) if p not in prefixes]
     units = {}
     for prefix in prefixes:

@@ -3,11 +3,11 @@ accuracy and lock holder.
 
 A run is a directory holding ``config.json``: an IMP run (``lotto imp``), a
 pruning-at-init run (``lotto pai``), a supermask search (``lotto supermask``), a
-training (``lotto train``) or a dynamic sparse training (``lotto dst``);
-:mod:`lotto_jax.runs.layout` reads each. The search is
+training (``lotto train``), a dynamic sparse training (``lotto dst``), a sparse
+fine-tuning (``lotto sft``), ...; :mod:`lotto_jax.runs.layout` reads each. The search is
 recursive and stops at a run (runs do not nest). Per run:
 
-* **kind**: ``imp``, ``pai``, ``supermask``, ``train`` or ``dst``
+* **kind**: ``imp``, ``pai``, ``supermask``, ``train``, ``dst``, ``sft``, ...
   (:func:`lotto_jax.runs.layout.kind_of`; ``?`` when unrecognisable).
 * **status**: ``done``, ``partial`` or ``corrupt``. ``done``: IMP when rounds
   ``0..rounds`` and every configured control of rounds ``1..rounds`` have their
@@ -21,13 +21,15 @@ recursive and stops at a run (runs do not nest). Per run:
 * **progress**: IMP ``rounds R/N`` (R: the last round finished with all rounds
   before it; ``-`` when none) and ``controls C/M``; the others ``units F/T``
   (finished units of those the config names: PaI variants, the supermask search,
-  the training, the dst unit) and, while a unit trains, ``step S/T`` of its latest
-  checkpoint.
+  the training, the dst unit; sft: every network and grafting, then the tasks and
+  the ``--k`` values, ``A 0-4 -> B 5-9, K 0.001,0.01``) and, while a unit trains,
+  ``step S/T`` of its latest checkpoint.
 * **best acc**: the best test accuracy (mean over replicates) with the density it
   was reached at: IMP of the last finished round, PaI of the method's variant,
   supermask of the search, train of the network, dst of the network with its final
-  mask's density (the target density while it trains); from the finished units of
-  an unfinished run.
+  mask's density (the target density while it trains), sft the best LT-SFT
+  network on task B with the fraction of weights it fine-tuned (from its
+  ``eval.json``); from the finished units of an unfinished run.
 * **note**: who holds the lock (``running: pid ... on host ...``) or a stale lock.
 
 With ``--no-verify`` checkpoints are not re-hashed (only records are read): fast on
@@ -67,7 +69,8 @@ class RunInfo(NamedTuple):
 
     Attributes:
       path: the run directory.
-      kind: ``"imp"``, ``"pai"``, ``"supermask"``, ``"train"``, ``"dst"`` or ``"?"``.
+      kind: ``"imp"``, ``"pai"``, ``"supermask"``, ``"train"``, ``"dst"``, ``"sft"``,
+        ... or ``"?"``.
       status: ``"done"``, ``"partial"`` or ``"corrupt"``.
       progress: e.g. ``"rounds 7/15, controls 14/30"`` or ``"steps 400/1000"``.
       accuracy: the headline best test accuracy (a fraction; mean over replicates),
@@ -183,6 +186,32 @@ def _other(view: layout.RunView, verify: bool) -> RunInfo:
                    _lock_note(view.path) or records, problems)
 
 
+def _classes(values: Any) -> str:
+    """``0-4`` for a run of consecutive classes, else ``5,7,9``."""
+    v = [int(c) for c in values or ()]
+    if len(v) > 2 and v == list(range(v[0], v[0] + len(v))):
+        return f"{v[0]}-{v[-1]}"
+    return ",".join(map(str, v)) or "?"
+
+
+def _sft(view: layout.RunView, verify: bool) -> RunInfo:
+    """An sft run: :func:`_other`'s status and units, the tasks and K values, the
+    best LT-SFT accuracy on task B (mean over replicates) at its fraction fine-tuned."""
+    info = _other(view, verify)
+    c = view.config
+    what = (f"A {_classes(c.get('task_a'))} -> B {_classes(c.get('task_b'))}, K "
+            + ",".join(f"{k:g}" for k in c.get("k") or ()))
+    best = None
+    for prefix in view.units:
+        if prefix.startswith("ltsft/B/"):
+            rec, _ = layout.load_json(os.path.join(view.path, prefix, "eval.json"))
+            acc = _mean(rec.get("accuracy")) if isinstance(rec, dict) else None
+            if acc is not None and (best is None or acc > best[0]):
+                best = (acc, rec.get("fraction"))
+    return info._replace(progress=f"{info.progress}; {what}",
+                         accuracy=best and best[0], density=best and best[1])
+
+
 def inspect_run(path: str, *, verify: bool = True) -> RunInfo:
     """The :class:`RunInfo` of one run directory."""
     config, ok = layout.load_json(os.path.join(path, "config.json"))
@@ -194,7 +223,7 @@ def inspect_run(path: str, *, verify: bool = True) -> RunInfo:
         return _imp(view, verify)
     if view.kind == "?":
         return RunInfo(path, "?", "partial", "-", None, None, _lock_note(path))
-    return _other(view, verify)
+    return _sft(view, verify) if view.kind == "sft" else _other(view, verify)
 
 
 def _row(info: RunInfo, top: str) -> list[str]:
@@ -221,7 +250,7 @@ def main(config: LsConfig) -> list[RunInfo]:
     for r in runs:
         if r.problems:
             hint = (f" (rerun its lotto {r.kind} command with --repair)"
-                    if r.kind in layout.KINDS else "")
+                    if r.kind != "?" else "")
             print(f"{os.path.relpath(r.path, config.dir)}: corrupt{hint}: {r.problems[0]}"
                   + (f" (and {len(r.problems) - 1} more)" if len(r.problems) > 1 else ""))
     return runs

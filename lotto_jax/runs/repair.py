@@ -46,6 +46,15 @@ Other kinds (``pai``, ``supermask``, ``train``, ``dst``):
 * ``results.json`` goes whenever anything else does (it is written last, from every
   unit), and alone when it is garbled.
 
+``lotto sft`` runs follow the same rules, and a discarded unit takes what derives
+from it: ``pretrain`` (θ0) every other unit and record; a full fine-tuning
+``finetune/T`` the sparse units of task T (the selections come from it), and for
+T = B the random-K units and the graftings, for a half (B1, B2) the compositions;
+a half's sparse unit ``ltsft/Bi/kK`` the composition ``compose/kK.json``. A unit's
+``eval.json`` or ``phi`` (φ, stored sparse) goes alone (evaluated or extracted
+again from its unit), as does a garbled ``compose/*.json``; a grafting
+(``graft/fF/lrL``: ``scores`` and ``metrics.json``) is grafted again.
+
 For every kind, units are recomputed as they were trained: in one stack with the
 same units (the engine records each unit's stack in its manifests). So a
 discarded unit takes the units it was trained stacked with along, and a discarded
@@ -125,7 +134,22 @@ def _needed(kind: str, unit: str) -> list[str]:
     """The items a finished unit must hold."""
     if kind == "imp":
         return ["mask", "final"] + (["init"] if unit.startswith("controls/reinit/") else [])
+    if kind == "sft" and unit.startswith("graft/"):
+        return ["scores"]
+    if kind == "sft" and unit.startswith(("ltsft/", "random/")):
+        return ["mask", "final"]
     return ["final"]
+
+
+def _records(directory: str, kind: str) -> list[str]:
+    """The JSON records besides the markers that a run reads back: ``driver.json``
+    and, for sft, every unit's ``eval.json`` and ``compose/*.json``."""
+    out = ["driver.json"]
+    if kind == "sft":
+        out += [f"{u}/eval.json" for u in layout.unit_dirs(directory, kind)]
+        out += [f"compose/{n}" for n in sorted(os.listdir(os.path.join(directory, "compose")))
+                if n.endswith(".json")] if os.path.isdir(os.path.join(directory, "compose")) else []
+    return out
 
 
 def _json_problem(store: RunStore, name: str) -> Problem | None:
@@ -158,7 +182,8 @@ def scan(store: RunStore) -> list[Problem]:
                 problems.append(Problem(item, f"{store.path(item)}: missing from a "
                                               "finished unit (no manifest)"))
     if kind != "imp":
-        problems += [p for name in _RESULTS if (p := _json_problem(store, name))]
+        problems += [p for name in (*_RESULTS, *_records(store.directory, kind))
+                     if (p := _json_problem(store, name))]
         return sorted(problems)
     driver = None
     if (p := _json_problem(store, "driver.json")) is not None:
@@ -222,6 +247,34 @@ def _plan_imp(directory: str, problems: list[Problem]) -> dict[str, Discard]:
     return out
 
 
+def _sft_dependents(directory: str, out: dict[str, Discard]) -> bool:
+    """Adds what derives from each discarded unit of an sft run (module docs);
+    whether anything was added."""
+    present = layout.unit_dirs(directory, "sft")
+    compose = os.path.join(directory, "compose")
+    records = sorted(f"compose/{n}" for n in os.listdir(compose)) if os.path.isdir(
+        compose) else []
+    added = False
+    for unit in [d.name for d in out.values() if d.is_unit]:
+        if unit == "pretrain":
+            deps = [u for u in present if u != unit] + records
+        elif m := re.fullmatch(r"finetune/([^/]+)", unit):
+            t = m[1]
+            deps = [u for u in present if u.startswith(f"ltsft/{t}/") or (t == "B" and u.startswith(
+                ("random/B/", "graft/")))] + ([r for r in records if r == "compose/full.json"]
+                                             if t in ("B1", "B2") else [])
+        elif m := re.fullmatch(r"ltsft/B[12]/(k\d+)", unit):
+            deps = [r for r in records if r == f"compose/{m[1]}.json"]
+        else:
+            deps = []
+        for d in deps:
+            if d not in out:
+                out[d] = Discard(d, f"derives from {unit}: recomputed with it",
+                                 not d.endswith(".json"))
+                added = True
+    return added
+
+
 def _plan_units(directory: str, problems: list[Problem], kind: str) -> dict[str, Discard]:
     """The rule of the other kinds (module docs), before stacks and markers."""
     bad = {p.item for p in problems}
@@ -238,6 +291,9 @@ def _plan_units(directory: str, problems: list[Problem], kind: str) -> dict[str,
                 everything.append(p.item)
         elif (m := _STEP.match(p.item)) and m["unit"] == unit:
             items[p.item] = reason + f"; {unit} resumes from an earlier checkpoint or its start"
+        elif kind == "sft" and re.fullmatch(r"eval\.json|phi(?:_r\d+)?",
+                                            p.item[len(unit) + 1:]):
+            items[p.item] = reason + f"; derived again from {unit}"
         elif (p.item == f"{unit}/metrics.json" and f"{unit}/final" not in bad
                 and os.path.exists(os.path.join(directory, unit, "final" + _MANIFEST))):
             items[p.item] = reason + "; its final is intact: completed again from it"
@@ -305,13 +361,15 @@ def _deletion_order(kind: str, discards: list[Discard]) -> list[Discard]:
     def key(d: Discard):
         if d.name in _RESULTS:
             return (0, 0, False, d.name)
-        if d.name.startswith("export/"):
+        if d.name.startswith(("export/", "compose/")):
             return (1, 0, False, d.name)
         if kind == "imp":
             m = _UNIT.match(d.name)
             r = int(m["round"]) if m else -1
             return (2, -r, m is None or m["control"] is None, d.name)
-        return (2 if layout.unit_of(d.name, kind) else 3, 0, not d.is_unit, d.name)
+        unit = layout.unit_of(d.name, kind)
+        rank = {"finetune": 1, "pretrain": 2}.get(unit.split("/")[0], 0) if unit else 0
+        return (2 if unit else 3, rank, not d.is_unit, d.name)  # sft: dependants first
 
     return sorted(discards, key=key)
 
@@ -329,6 +387,10 @@ def plan(directory: str, problems: list[Problem], *, kind: str | None = None) ->
     out = (_plan_imp(directory, problems) if kind == "imp"
            else _plan_units(directory, problems, kind))
     _add_stacks(directory, kind, out)
+    while kind == "sft" and _sft_dependents(directory, out):
+        _add_stacks(directory, kind, out)
+        out = {n: d for n, d in out.items()  # an item of a discarded unit goes with it
+               if d.is_unit or layout.unit_of(n, kind) not in out}
     if out and kind != "imp":
         if "search" in out and kind == "supermask":
             for item in stored_items(directory):
