@@ -178,10 +178,11 @@ def _check_inputs(scores: Scores, mask: Mask, prunable: Prunable):
                 f"got dtype {jnp.result_type(s)}"
             )
         if _is_concrete(s) and _is_concrete(m):
-            bad = jnp.logical_and(m, ~jnp.isfinite(s))
-            if bool(jnp.any(bad)):
+            # numpy, not jnp: under jit, jnp on concrete arrays would be staged
+            bad = np.logical_and(np.asarray(m), ~np.isfinite(np.asarray(s)))
+            if bool(np.any(bad)):
                 raise ValueError(
-                    f"scores{jax.tree_util.keystr(path)}: {int(jnp.sum(bad))} kept "
+                    f"scores{jax.tree_util.keystr(path)}: {int(np.sum(bad))} kept "
                     "weights have NaN or infinite scores; scores must be finite "
                     "where the mask keeps a weight"
                 )

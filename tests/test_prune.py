@@ -241,6 +241,23 @@ def test_by_fraction_identical_under_jit(seed, fraction, scope, ties):
         np.testing.assert_array_equal(eager[n], jitted[n])
 
 
+def test_by_fraction_with_concrete_scores_and_a_traced_fraction():
+    """Scores and mask closed over (concrete), the fraction traced: the finite check
+    runs in numpy (it used to stage jnp ops and fail with a TracerBoolConversionError)
+    and the masks equal the eager ones; a NaN on a kept weight is still refused."""
+    rng = np.random.default_rng(7)
+    scores = {"a": rng.normal(size=(6, 5)), "b": rng.normal(size=(5, 3))}
+    mask = masks.init(scores)
+    fn = jax.jit(lambda f: prune.by_fraction(scores, mask, f, scope="global"))
+    for f in (0.1, 0.5, 0.9):
+        got, want = fn(jnp.float32(f)), prune.by_fraction(scores, mask, f, scope="global")
+        for n in scores:
+            np.testing.assert_array_equal(got[n], want[n])
+    bad = {**scores, "a": np.where(np.eye(6, 5, dtype=bool), np.nan, scores["a"])}
+    with pytest.raises(ValueError, match=r"scores\['a'\]: 5 kept weights have NaN"):
+        jax.jit(lambda f: prune.by_fraction(bad, mask, f))(jnp.float32(0.5))
+
+
 def test_by_fraction_under_vmap_over_replicates():
     rng = np.random.default_rng(0)
     scores = {"a": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32)}
