@@ -406,7 +406,7 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind != "imp":
+    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird", "oneshot", "sft"):
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):

@@ -49,7 +49,8 @@ class ReportConfig:
     """Tables and figures of a run: ``lotto report runs/imp``.
 
     ``DIR`` is a run directory of any command (``imp``, ``pai``, ``supermask``,
-    ``train``, ``dst``; an unfinished run is reported as far as it got, marked so), or a
+    ``train``, ``dst``, ``sft``, ...; an unfinished run is reported as far as it got,
+    marked so, but for the kinds with a report of their own, :data:`OWN_REPORTS`), or a
     directory of runs (a sweep: one table per kind and accuracy-vs-density figures
     over all of them, see :mod:`lotto_jax.runs.sweeps`).
 
@@ -356,8 +357,8 @@ def main(config: ReportConfig) -> Report | Any:
 
     Dispatches on what the directory holds (:func:`lotto_jax.runs.layout.kind_of`):
     an IMP run (this module), a PaI, supermask, train or dst run
-    (:func:`lotto_jax.runs.report_kinds.main`), a stability or early-bird run (its
-    own report, :data:`OWN_REPORTS`), or a directory of runs, a sweep
+    (:func:`lotto_jax.runs.report_kinds.main`), a stability, early-bird, oneshot or
+    sft run (its own report, :data:`OWN_REPORTS`), or a directory of runs, a sweep
     (:func:`lotto_jax.runs.sweeps.main`, whose return value is returned; the
     stability and early-bird runs under it are reported after it; a directory of
     only those returns their reports).
