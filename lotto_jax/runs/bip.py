@@ -52,7 +52,8 @@ from lotto_jax.runs.records import key_list, layer_counts
 from lotto_jax.runs.store import RunStore
 from lotto_jax.runs.writer import Clock, WriteBehind
 
-__all__ = ["MUTABLE_FIELDS", "BipConfig", "keep_name", "main"]
+__all__ = ["MUTABLE_FIELDS", "BipConfig", "format_table", "keep_name", "main", "print_table",
+           "report"]
 
 MUTABLE_FIELDS: tuple[str, ...] = (*common.STORE_FIELDS, "run.data_dir", "keep")
 """Fields a rerun may change: new keeps add units, finished ones are kept."""
@@ -286,15 +287,60 @@ def _pct(v) -> str:
     return f"{a.mean():.2f}" + (f" ± {a.std():.2f}" if a.size > 1 else "")
 
 
-def print_table(results: dict[str, Any]) -> None:
-    """The run's table: one row per keep."""
+def format_table(results: dict[str, Any]) -> str:
+    """The run's table as text: one row per keep."""
+    lines = []
     pre = results.get("pretrain")
     if pre:
-        print(f"dense (pretrained): {_pct(pre['final_test_accuracy'])} % test")
-    print("keep    density   one-shot  BiP final  BiP best  finetuned  mask changed  steps")
+        lines.append(f"dense (pretrained): {_pct(pre['final_test_accuracy'])} % test")
+    lines.append("keep    density   one-shot       BiP final      BiP best       finetuned"
+                 "      mask changed  steps")
     for r in results["keeps"]:
         ft = r.get("finetune")
-        print(f"{r['keep']:<7g} {100 * r['density']:6.2f} %  {_pct(r['start_test_accuracy']):>8}"
-              f"  {_pct(r['final_test_accuracy']):>9}  {_pct(r['best_test_accuracy']):>8}"
-              f"  {_pct(ft['final_test_accuracy']) if ft else '-':>9}"
-              f"  {int(np.mean(r['mask_changed'])):>12}  {r['steps']['total']}")
+        lines.append(
+            f"{r['keep']:<7g} {100 * r['density']:6.2f} %  {_pct(r['start_test_accuracy']):<13}"
+            f"  {_pct(r['final_test_accuracy']):<13}  {_pct(r['best_test_accuracy']):<13}"
+            f"  {_pct(ft['final_test_accuracy']) if ft else '-':<13}"
+            f"  {int(np.mean(r['mask_changed'])):>12}  {r['steps']['total']}")
+    return "\n".join(lines)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    """Prints :func:`format_table`."""
+    print(format_table(results))
+
+
+def report(directory: str, *, figures_dir: str | None = None):
+    """``lotto report DIR`` of a ``lotto bip`` run: prints the table, writes
+    ``bip.png`` (accuracy against the weights kept: BiP, the one-shot magnitude
+    start, fine-tuned; default into ``DIR/figures``); returns a
+    :class:`lotto_jax.runs.report.Report` whose ``run`` is ``results.json``.
+
+    Raises:
+      FileNotFoundError: the run has no ``results.json`` yet.
+    """
+    import os
+
+    from lotto_jax.runs import layout, plots
+    from lotto_jax.runs.report import Report
+
+    results, ok = layout.load_json(os.path.join(directory, "results.json"))
+    if not ok or not isinstance(results, dict) or results.get("method") != "bip":
+        raise FileNotFoundError(f"{directory}: no finished lotto bip results "
+                                "(results.json); rerun its lotto bip command")
+    text = format_table(results)
+    print(text)
+    rows = results["keeps"]
+    x = [100 * r["density"] for r in rows]
+    series = {}
+    for label, get in (("BiP", lambda r: r["final_test_accuracy"]),
+                       ("one-shot magnitude (BiP's start)",
+                        lambda r: r["start_test_accuracy"]),
+                       ("BiP + fine-tuning", lambda r: (r.get("finetune") or {}).get(
+                           "final_test_accuracy"))):
+        values = [get(r) for r in rows]
+        if all(v is not None for v in values):
+            mean, std = plots.mean_std(values)
+            series[label] = (x, 100 * mean, None if std is None else 100 * std)
+    path = os.path.join(figures_dir or os.path.join(directory, "figures"), "bip.png")
+    return Report(results, text, [plots.metric_vs_density(series, path, title="BiP")])
