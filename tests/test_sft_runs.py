@@ -162,6 +162,10 @@ def test_ls_lists_sft_runs_with_their_best_ltsft_accuracy(r2, s1, tmp_path, caps
     assert (info.kind, info.status) == ("sft", "partial")
     assert info.progress.startswith(f"units 4/{units['s1']}; ")
     assert info.accuracy == rows["s1"].accuracy  # from the units' eval.json
+    from _killrun import assert_one_line_error
+
+    assert_one_line_error(here(["report", str(part)]), str(part),
+                          "no finished lotto sft results")
 
 
 def test_report_prints_the_tables_from_results_json(r2, tmp_path, capsys):

@@ -199,6 +199,13 @@ def _sft(view: layout.RunView, verify: bool) -> RunInfo:
     best LT-SFT accuracy on task B (mean over replicates) at its fraction fine-tuned."""
     info = _other(view, verify)
     c = view.config
+    progress = f"units {view.finished}/{len(view.units)}"
+    steps = layout.total_steps(c)
+    at = [(u.step, steps if p == "pretrain" else c.get("finetune_steps") or steps)
+          for p, u in view.units.items() if u.status == "training" and u.step is not None]
+    if at and not view.done:  # a fine-tuning's total is --finetune-steps
+        step, total = max(at)
+        progress += f", step {step}/{total if total is not None else '?'}"
     what = (f"A {_classes(c.get('task_a'))} -> B {_classes(c.get('task_b'))}, K "
             + ",".join(f"{k:g}" for k in c.get("k") or ()))
     best = None
@@ -208,7 +215,7 @@ def _sft(view: layout.RunView, verify: bool) -> RunInfo:
             acc = _mean(rec.get("accuracy")) if isinstance(rec, dict) else None
             if acc is not None and (best is None or acc > best[0]):
                 best = (acc, rec.get("fraction"))
-    return info._replace(progress=f"{info.progress}; {what}",
+    return info._replace(progress=f"{progress}; {what}",
                          accuracy=best and best[0], density=best and best[1])
 
 
