@@ -84,12 +84,13 @@ def reach(rows, target):
 
 def interp(rows, density, key):
     """Per replicate, ``key`` at ``density``, linear in log-density between two
-    rounds (None outside)."""
+    rounds; the end round's value within 2 % (relative) past either end (COLT's
+    last round, 2.76 %, against IMP's last, 2.80 %); None further out."""
     pts = sorted((math.log(r["density"]), r[f"{key}_reps"]) for r in rows
                  if r[key] is not None)
     xs, ys = zip(*pts, strict=True)
     x = math.log(density)
-    if not xs[0] - 1e-9 <= x <= xs[-1] + 1e-9:
+    if not xs[0] - 0.02 <= x <= xs[-1] + 0.02:
         return None
     return [float(np.interp(x, xs, [y[i] for y in ys])) for i in range(len(ys[0]))]
 
