@@ -126,6 +126,23 @@ def test_mask_of_keeps_the_global_top_k_of_abs_scores():
             bip.mask_of(s, k)
 
 
+def test_mask_of_breaks_ties_to_the_later_position():
+    """Integer scores (many ties): numpy's stable ascending argsort over the kernels'
+    concatenation, the lowest N - round(keep N) dropped (so of equal scores the
+    later positions stay), eagerly and under jit."""
+    rng = np.random.default_rng(4)
+    s = {"a": {"kernel": jnp.asarray(rng.integers(-3, 4, (30, 20)), jnp.float32),
+               "bias": jnp.zeros(20)},
+         "b": {"kernel": jnp.asarray(rng.integers(-3, 4, (20, 7)), jnp.float32)}}
+    flat = np.abs(np.concatenate([np.ravel(s["a"]["kernel"]), np.ravel(s["b"]["kernel"])]))
+    for keep in (0.5, 0.1, 0.33, 0.9):
+        want = np.ones(flat.size, bool)
+        want[np.argsort(flat, kind="stable")[:flat.size - np_round(keep, flat.size)]] = False
+        for got in (bip.mask_of(s, keep), jax.jit(lambda t, k=keep: bip.mask_of(t, k))(s)):
+            np.testing.assert_array_equal(np.ravel(got["a"]["kernel"]), want[:600])
+            np.testing.assert_array_equal(np.ravel(got["b"]["kernel"]), want[600:])
+
+
 # ------------------------------------------------- gradients and the optimiser
 
 
