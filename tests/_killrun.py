@@ -171,7 +171,7 @@ def assert_one_line_error(result, *names):
     assert result.returncode == 2, (result.returncode, err[-3000:])
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines()
-             if not re.match(r"lotto: [\w/+ -]+: (finished, kept|training from step \d+|"
+             if not re.match(r"lotto: [\w/+ .-]+: (finished, kept|training from step \d+|"
                              r"completed from its stored final)$", line)]
     assert len(lines) == 1 and lines[0].startswith("lotto: error: "), err
     for name in names:

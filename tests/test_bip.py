@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from fractions import Fraction
 
 import jax
@@ -376,3 +378,47 @@ BAD = [
 def test_bad_input_is_one_line_naming_the_flag(tiny_npz, tmp_path, extra, message):
     out = tmp_path / "run"
     assert_one_line_error(run_here(_args(tiny_npz, out, *extra)), message)
+
+
+def test_ls_and_report_read_a_bip_run(reference):
+    """``lotto ls`` lists it as kind bip with the sparsest keep's best BiP accuracy;
+    ``lotto report`` prints a row per keep with the numbers of results.json."""
+    res = json.loads((reference / "results.json").read_text())
+    ls = run_here(["ls", str(reference)])
+    assert ls.returncode == 0, ls.stderr[-2000:]
+    row = ls.stdout.splitlines()[1].split()
+    best = res["keeps"][1]["best_test_accuracy"]
+    assert row[1:3] == ["bip", "done"] and f"{100 * best:.2f}%" in ls.stdout
+    rep = run_here(["report", str(reference)])
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    for r in res["keeps"]:
+        line = next(x for x in rep.stdout.splitlines() if x.startswith(f"{r['keep']:g} "))
+        assert f"{100 * r['final_test_accuracy']:.2f}" in line
+        assert f"{100 * r['start_test_accuracy']:.2f}" in line
+    assert (reference / "figures" / "bip.png").exists()
+
+
+def _truncate(d, item):
+    path = d / item
+    files = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs
+                   if os.path.basename(r) == "d")
+    with open(files[0], "r+b") as f:
+        f.truncate(3)
+
+
+def test_repair_recomputes_damaged_items_as_the_undamaged_run(tiny_npz, reference, tmp_path):
+    """A BiP network's final and an exported mask truncated: without ``--repair``
+    one error line naming ``--repair``; with it the two are recomputed (the unit
+    retrained, the export redone) and the run equals the reference, bit for bit."""
+    d = tmp_path / "run"
+    shutil.copytree(reference, d)
+    shutil.rmtree(d / "figures", ignore_errors=True)
+    _truncate(d, "bip/k0.2/final")
+    _truncate(d, "export/k0.05/mask")
+    args = _args(tiny_npz, d, "--save-every", "10")
+    assert_one_line_error(run_here(args), "--repair")
+    again = run_here([*args, "--repair"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    lines = engine_lines(again)
+    assert "bip/k0.2: training from step 0" in lines and "bip/k0.05: finished, kept" in lines
+    assert_same_run(reference, d)

@@ -23,6 +23,9 @@ kind           config fields                                   units
                                                                ``ltsft/T/kK``,
                                                                ``random/B/kK``,
                                                                ``graft/fF/lrL``
+``bip``        ``keep`` and ``bip_steps``                      ``pretrain``,
+                                                               ``bip/kK``,
+                                                               ``finetune/kK``
 =============  ==============================================  ======================
 
 (``dst`` is told apart from ``pai``, whose configs also have ``method`` and
@@ -34,7 +37,7 @@ trained by the engine (:mod:`lotto_jax.runs.engine`): a directory holding any of
 the unit is finished iff it exists; an sft graft holds ``scores`` and
 ``metrics.json``). ``results.json`` (every kind but imp) is written after every
 unit finished: the run is done iff it exists. (``stability``, ``earlybird``,
-``oneshot`` and ``sft`` runs have reports of their own; :data:`KINDS` are those
+``oneshot``, ``sft`` and ``bip`` runs have reports of their own; :data:`KINDS` are those
 the sweep tables compare.)
 """
 
@@ -76,6 +79,7 @@ _UNIT = {
     "earlybird": re.compile(r"dense|ticket"),
     "oneshot": re.compile(r"retrain/[^/]+/[^/]+"),
     "sft": re.compile(r"pretrain|finetune/[^/]+|(?:ltsft|random)/[^/]+/k\d+|graft/[^/]+/[^/]+"),
+    "bip": re.compile(r"pretrain|(?:bip|finetune)/k[^/]+"),
 }
 _MARKS = ("config.json", "results.json", "result.json")
 
@@ -172,6 +176,8 @@ def kind_of(config: Mapping[str, Any] | None, directory: str) -> str:
         return "earlybird"
     if "densities" in c and "retrain_steps" in c:  # lotto oneshot (retrain/S/dD units)
         return "oneshot"
+    if "keep" in c and "bip_steps" in c:  # lotto bip: before imp (it has a driver.json)
+        return "bip"
     if ("task_a" in c and "task_b" in c and "graft_fractions" in c) or (
             not c and _isdir(directory, "pretrain") and _isdir(directory, "finetune")):
         return "sft"  # before imp: an sft run has a driver.json too
@@ -270,6 +276,11 @@ def expected_units(kind: str, config: Mapping[str, Any], *,
         return [kind]
     if kind == "sft":
         return _sft_units(config, num_weights)
+    if kind == "bip" and isinstance(config.get("keep"), list):
+        keeps = [f"k{k:g}" for k in config["keep"]]
+        return ([] if config.get("pretrained") else ["pretrain"]) + [
+            f"bip/{k}" for k in keeps] + [f"finetune/{k}" for k in keeps
+                                          if config.get("finetune_steps")]
     return None
 
 
@@ -316,6 +327,10 @@ def unit_dirs(directory: str, kind: str) -> list[str]:
     if kind == "oneshot":
         return [f"retrain/{s}/{n}" for s in _listdir(directory, "retrain")
                 for n in _listdir(directory, "retrain", s) if _isdir(directory, "retrain", s, n)]
+    if kind == "bip":
+        found = ["pretrain", *(f"{top}/{n}" for top in ("bip", "finetune")
+                               for n in _listdir(directory, top))]
+        return sorted(u for u in found if _isdir(directory, u) and _UNIT["bip"].fullmatch(u))
     if kind == "sft":
         found = ["pretrain", *(f"finetune/{t}" for t in _listdir(directory, "finetune"))]
         found += [f"{top}/{a}/{b}" for top in ("ltsft", "random", "graft")
@@ -406,7 +421,8 @@ def read(directory: str) -> RunView:
     config = config if isinstance(config, dict) else {}
     kind = kind_of(config, directory)
     results = None
-    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird", "oneshot", "sft"):
+    if kind in ("pai", "supermask", "train", "dst", "stability", "earlybird", "oneshot", "sft",
+                "bip"):
         name = results_name(directory)
         results, ok = load_json(os.path.join(directory, name))
         if not ok or (results is not None and not isinstance(results, dict)):

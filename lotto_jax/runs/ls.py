@@ -164,6 +164,9 @@ def _headline(view: layout.RunView) -> tuple[float | None, float | None]:
     c, res = view.config, view.results or {}
     prefix = {"pai": f"variants/{c.get('method') or res.get('method')}",
               "supermask": "search", "train": "train", "dst": "dst"}.get(view.kind)
+    if view.kind == "bip" and c.get("keep"):  # the sparsest keep's BiP network
+        keep = min(c["keep"])
+        return _mean(layout.entry(view, f"bip/k{keep:g}").get("best_test_accuracy")), keep
     if prefix is None:  # stability, earlybird: no one main unit
         return None, None
     e = layout.entry(view, prefix)

@@ -325,6 +325,7 @@ OWN_REPORTS: dict[str, tuple[str, str]] = {
     "earlybird": ("lotto_jax.runs.earlybird", "report"),
     "oneshot": ("lotto_jax.runs.oneshot_report", "main"),
     "sft": ("lotto_jax.runs.sft_report", "main"),
+    "bip": ("lotto_jax.runs.bip", "report"),
 }
 """Kinds of run with a report of their own: ``(module, function)``, called as
 ``function(directory, figures_dir=...)``."""
