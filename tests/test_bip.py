@@ -422,3 +422,24 @@ def test_repair_recomputes_damaged_items_as_the_undamaged_run(tiny_npz, referenc
     lines = engine_lines(again)
     assert "bip/k0.2: training from step 0" in lines and "bip/k0.05: finished, kept" in lines
     assert_same_run(reference, d)
+
+
+def test_pretrained_weights_give_the_same_bip_as_pretraining(tiny_npz, reference, tmp_path):
+    """``--pretrained`` = the reference's pretrained network: no pretraining unit,
+    0 pretraining steps, and every BiP network bit-equal to the reference's (same
+    start, same data order)."""
+    from lotto_jax.runs.store import RunStore
+
+    out = tmp_path / "run"
+    res = run_here(_args(tiny_npz, out, "--pretrained", reference / "pretrain" / "final"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = json.loads((out / "results.json").read_text())
+    assert got["pretrain"] is None and not (out / "pretrain").exists()
+    want = json.loads((reference / "results.json").read_text())
+    for g, w in zip(got["keeps"], want["keeps"], strict=True):
+        assert g["steps"]["pretrain"] == 0 and g["steps"]["total"] == 30
+        assert g["final_test_accuracy"] == w["final_test_accuracy"]
+        name = f"k{g['keep']:g}"
+        a, b = (RunStore(str(d)).restore(f"bip/{name}/final") for d in (out, reference))
+        for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(u, v)

@@ -81,7 +81,9 @@ class BipConfig(common.RunOptions):
         ...; also the fine-tuning's optimizer).
       keep: the fractions of the prunable weights kept (globally, the reference's
         unstructured BiP), each a BiP run from the same pretrained network.
-      pretrained: an orbax checkpoint of params to prune instead of pretraining.
+      pretrained: an orbax checkpoint of params (or of ``{"params", ...}``, e.g. a
+        run's ``final``) to prune instead of pretraining; with ``--replicates S``
+        stacked along a leading replicate axis (a replicated run's ``final``).
       bip_steps: BiP steps (θ-steps and m-steps alternate, one batch each).
       bip_lr: the weights' SGD learning rate (cosine to 0 over ``bip_steps``).
       mask_lr: the scores' SGD learning rate (the same cosine shape).
