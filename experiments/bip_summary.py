@@ -107,7 +107,7 @@ def _figure(summary: dict, path: str) -> None:
     mains = [n for n in ("lenet300", "mnist1d") if n in summary]
     if not mains:
         return
-    fig, axes = plt.subplots(1, len(mains), figsize=(6 * len(mains), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(mains), figsize=(6 * len(mains), 4.8), squeeze=False)
     for ax, name in zip(axes[0], mains, strict=True):
         s = summary[name]
         if s["imp"]:
@@ -124,14 +124,24 @@ def _figure(summary: dict, path: str) -> None:
                         [r["bip"]["std"] for r in rows], fmt="s", color=colour, label=label,
                         capsize=3)
         rows = s["rows"]
-        ax.plot([100 * r["density"] for r in rows], [r["one_shot"]["mean"] for r in rows],
-                "x", color="gray", label="one-shot magnitude (BiP's start)")
+        ys = [r["bip"]["mean"] for r in rows] + [r["accuracy"]["mean"] for r in s["imp"]]
+        lo, hi = min(ys) - 1.0, max(ys) + 0.5
+        ax.set_ylim(lo, hi)
+        for r in rows:  # the one-shot start, marked at the bottom when off scale
+            y = r["one_shot"]["mean"]
+            ax.plot(100 * r["density"], max(y, lo + 0.1), "v" if y < lo else "x",
+                    color="gray")
+            if y < lo:
+                ax.annotate(f"{y:.1f}", (100 * r["density"], lo + 0.1), fontsize=7,
+                            color="gray", textcoords="offset points", xytext=(4, 3))
+        ax.plot([], [], "x", color="gray",
+                label="one-shot magnitude, BiP's start (v: off scale, value shown)")
         ax.set_xscale("log")
         ax.invert_xaxis()
         ax.set_xlabel("weights kept (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(name)
-        ax.legend(fontsize=8, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
