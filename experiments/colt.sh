@@ -11,6 +11,8 @@
 # Ablation: COLT with --labels keep (each class range trains its own output units).
 # Control: IMP at 25 % per round (about COLT's density per round) for the same rounds.
 # Usage: bash experiments/colt.sh [path/to/mnist.npz] [out dir] [colt rounds] [imp rounds] [steps] [replicates]
+# (results/colt: replicates 3, i.e. `... results/colt 12 22 3000 3`, for colt, imp and
+#  imp_f25; colt_keep there is the earlier replicates-1 run, seed 0.)
 set -euo pipefail
 NPZ=${1:-../shared/data/mnist.npz}
 OUT=${2:-experiments/results/colt}
