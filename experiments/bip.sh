@@ -9,7 +9,8 @@
 #   lenet300_imp/    IMP at equal density: lotto imp --recipe lenet300-5k-imp extended
 #                    to 18 rounds (20 % per layer and round, output 10 %; 1.9 % kept)
 #   mnist1d/, mnist1d_hydra/, mnist1d_ig1/   lotto bip --recipe bip-mnist1d (1,500 +
-#                    1,500 steps) with the default coefficient 1e-4, 0, and 1 (γ = 1)
+#                    1,500 steps) with the default coefficient 1e-4, 0, and 1 (γ = 1);
+#   mnist1d_ig1e4/   and 1e4 (1/γ with γ = the weight decay 1e-4)
 #   mnist1d_long/    the same with 6,000 BiP steps (4x)
 #   MNIST-1D IMP at equal density: experiments/results/mnist1d_lottery/kernels_only
 #                    (committed metrics; experiments/mnist1d_lottery.sh), not rerun.
@@ -26,5 +27,6 @@ lotto bip --recipe bip-lenet300 --dataset "npz:$NPZ" --ig-scale 0 --out "$OUT/le
 lotto bip --recipe bip-mnist1d --out "$OUT/mnist1d"
 lotto bip --recipe bip-mnist1d --ig-scale 0 --out "$OUT/mnist1d_hydra"
 lotto bip --recipe bip-mnist1d --ig-scale 1 --out "$OUT/mnist1d_ig1"
+lotto bip --recipe bip-mnist1d --ig-scale 1e4 --out "$OUT/mnist1d_ig1e4"
 lotto bip --recipe bip-mnist1d --bip-steps 6000 --out "$OUT/mnist1d_long"
 python experiments/bip_summary.py "$OUT"
