@@ -28,6 +28,7 @@ __all__ = [
     "print_machine",
     "print_table",
     "summarize",
+    "synthetic_lenet",
     "timed",
     "write_json",
 ]
@@ -207,3 +208,19 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
+
+
+def synthetic_lenet(num_train: int):
+    """``(x, y, module, params)``: random MNIST-shaped images and labels (seed 0; the
+    work per step is MNIST's) and LeNet-300-100 with its key-0 initial params."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from lotto_jax import models
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((num_train, 28, 28, 1), np.float32))
+    y = jnp.asarray(rng.integers(0, 10, num_train), jnp.int32)
+    module = models.build("lenet300")
+    return x, y, module, models.init(module, jax.random.key(0), (28, 28, 1))["params"]

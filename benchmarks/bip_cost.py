@@ -29,7 +29,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from _common import (
     add_common_args,
     interleave,
@@ -38,10 +37,11 @@ from _common import (
     print_machine,
     print_table,
     summarize,
+    synthetic_lenet,
     write_json,
 )
 
-from lotto_jax import bip, masks, models, prune, train
+from lotto_jax import bip, masks, prune, train
 
 NUM_TRAIN = 60_000
 KEEP = 0.05
@@ -56,11 +56,7 @@ def main(argv=None) -> dict:
     block = 200 if args.quick else 1000
     info = machine_info()
     print_machine(info)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.random((NUM_TRAIN, 28, 28, 1), np.float32))
-    y = jnp.asarray(rng.integers(0, 10, NUM_TRAIN), jnp.int32)
-    module = models.build("lenet300")
-    params = models.init(module, jax.random.key(0), (28, 28, 1))["params"]
+    x, y, module, params = synthetic_lenet(NUM_TRAIN)
     total = block * (repeats + 2)
     cfg = train.TrainConfig(steps=total, batch_size=60, lr=1.2e-3, eval_every=block)
     data_key = jax.random.key(1)
