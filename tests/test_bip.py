@@ -140,7 +140,8 @@ def test_mask_of_breaks_ties_to_the_later_position():
     for keep in (0.5, 0.1, 0.33, 0.9):
         want = np.ones(flat.size, bool)
         want[np.argsort(flat, kind="stable")[:flat.size - np_round(keep, flat.size)]] = False
-        for got in (bip.mask_of(s, keep), jax.jit(lambda t, k=keep: bip.mask_of(t, k))(s)):
+        jitted = (jax.jit(lambda t, k=keep: bip.mask_of(t, k))(s),) if keep == 0.33 else ()
+        for got in (bip.mask_of(s, keep), *jitted):
             np.testing.assert_array_equal(np.ravel(got["a"]["kernel"]), want[:600])
             np.testing.assert_array_equal(np.ravel(got["b"]["kernel"]), want[600:])
 
@@ -270,10 +271,10 @@ def tiny_npz(tmp_path_factory):
     return clusters_npz(tmp_path_factory.mktemp("bip"))
 
 
-def _args(npz, out, *extra):
+def _args(npz, out, *extra, keep=("0.2", "0.05"), finetune="10"):
     return ["bip", "--model", "mlp", "--dataset", f"npz:{npz}", "--steps", "30",
-            "--eval-every", "10", "--batch-size", "32", "--keep", "0.2", "0.05",
-            "--bip-steps", "20", "--finetune-steps", "10", "--mask-lr", "1.0",
+            "--eval-every", "10", "--batch-size", "32", "--keep", *keep,
+            "--bip-steps", "20", "--finetune-steps", finetune, "--mask-lr", "1.0",
             *extra, "--out", str(out)]
 
 
@@ -349,11 +350,11 @@ def test_killed_mid_bip_resumes_to_the_same_run(tiny_npz, reference, tmp_path):
 def test_replicates_train_each_seed_as_its_single_run(tiny_npz, reference, tmp_path):
     """--replicates 2: replicate 0 is the single run (same masks, same accuracy)."""
     out = tmp_path / "run"
-    res = run_here(_args(tiny_npz, out, "--replicates", "2"))
+    res = run_here(_args(tiny_npz, out, "--replicates", "2", keep=("0.2",), finetune="0"))
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads((out / "results.json").read_text())["keeps"]
     single = json.loads((reference / "results.json").read_text())["keeps"]
-    for r, s in zip(rows, single, strict=True):
+    for r, s in zip(rows, single[:1], strict=True):
         assert len(r["final_test_accuracy"]) == 2
         assert r["final_test_accuracy"][0] == pytest.approx(s["final_test_accuracy"], abs=1e-6)
         assert r["kept"][0] == s["kept"]
@@ -431,13 +432,14 @@ def test_pretrained_weights_give_the_same_bip_as_pretraining(tiny_npz, reference
     from lotto_jax.runs.store import RunStore
 
     out = tmp_path / "run"
-    res = run_here(_args(tiny_npz, out, "--pretrained", reference / "pretrain" / "final"))
+    res = run_here(_args(tiny_npz, out, "--pretrained", reference / "pretrain" / "final",
+                         keep=("0.2",), finetune="0"))
     assert res.returncode == 0, res.stderr[-3000:]
     got = json.loads((out / "results.json").read_text())
     assert got["pretrain"] is None and not (out / "pretrain").exists()
     want = json.loads((reference / "results.json").read_text())
-    for g, w in zip(got["keeps"], want["keeps"], strict=True):
-        assert g["steps"]["pretrain"] == 0 and g["steps"]["total"] == 30
+    for g, w in zip(got["keeps"], want["keeps"][:1], strict=True):
+        assert g["steps"]["pretrain"] == 0 and g["steps"]["total"] == 20
         assert g["final_test_accuracy"] == w["final_test_accuracy"]
         name = f"k{g['keep']:g}"
         a, b = (RunStore(str(d)).restore(f"bip/{name}/final") for d in (out, reference))
